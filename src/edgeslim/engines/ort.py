@@ -1,0 +1,47 @@
+"""onnxruntime CPU engine (the default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import register_engine
+from .base import Engine
+
+
+class OrtRunner:
+    def __init__(self, artifact: Path | bytes, threads: int) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        src = artifact if isinstance(artifact, bytes) else str(artifact)
+        self.session = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(None, feeds)
+
+
+@register_engine("ort")
+class OrtEngine(Engine):
+    name = "ort"
+    suffix = ".onnx"
+
+    def version(self) -> str:
+        import onnxruntime
+
+        return onnxruntime.__version__
+
+    def convert(self, model: onnx.ModelProto, out: Path) -> Path:
+        onnx.save(model, str(out))
+        return out
+
+    def load(self, artifact: Path | bytes, threads: int) -> OrtRunner:
+        return OrtRunner(artifact, threads)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import onnx
+
+
+@dataclass
+class RecipeContext:
+    """What a recipe may use. `model` is the prepared fp32 model (exact graph rewrites applied);
+    `calib_feeds()` yields calibration batches (any shapes); `calib_drop(model)` scores a candidate model on the
+    calibration lines and returns (metric drop vs fp32, fidelity to fp32) — used by searching recipes only."""
+
+    model: onnx.ModelProto
+    original: onnx.ModelProto
+    calib_feeds: Callable[[], Iterable[dict[str, np.ndarray]]]
+    calib_drop: Callable[[onnx.ModelProto], tuple[float, dict]] | None = None
+    budget: float = 0.005
+    progress: Callable[[str, int, int], None] | None = None
+    cache: dict[str, Any] = field(default_factory=dict)  # shared between recipes of one study (e.g. ranges)
+
+
+@dataclass
+class RecipeOutput:
+    model: onnx.ModelProto
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. sensitivity table, calibrator, excluded nodes
+
+
+class Recipe:
+    """Base class: subclasses define `Config` (frozen, keyword-only dataclass) and `apply`."""
+
+    name = "?"
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        pass
+
+    def __init__(self, config: "Recipe.Config | None" = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @property
+    def spec(self) -> str:
+        from dataclasses import asdict
+
+        opts = ",".join(f"{k}={v}" for k, v in asdict(self.config).items() if v != getattr(type(self.config)(), k))
+        return self.registered_name + (f":{opts}" if opts else "")
+
+    def apply(self, ctx: RecipeContext) -> RecipeOutput:
+        raise NotImplementedError

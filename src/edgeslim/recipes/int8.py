@@ -1,0 +1,133 @@
+"""int8 recipes: static QDQ with per-channel weights, and dynamic quantization (kept as the naive reference).
+
+We use onnxruntime.quantization's quantizer for the graph surgery, but feed it ranges from our own streaming
+calibrators (through its calibration-cache file) because its calibrators crash on variable-width inputs and hold
+every activation in memory. Before quantizing, the model is prepared (`edgeslim.graph.simplify`): opset >= 13
+(per-channel DequantizeLinear needs the `axis` attribute) and the decomposed HardSwish/affine chains fused, so
+fewer float ops sit between quantized convolutions.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import RecipeError
+from ..quant.calibrate import collect_ranges, get_calibrator
+from . import register_recipe
+from .base import Recipe, RecipeContext, RecipeOutput
+
+# Ops whose int8 kernels pay on x86 (VNNI) and whose error stays local. Elementwise ops are left in fp32:
+# quantizing them adds Q/DQ pairs and error without a faster kernel.
+DEFAULT_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def calibrated_ranges(ctx: RecipeContext, calibrator: str) -> dict[str, tuple[float, float]]:
+    """Ranges of every float tensor of the prepared model; cached per calibrator within a study."""
+    key = f"ranges:{calibrator}"
+    if key not in ctx.cache:
+        hists_key = "calib-histograms"
+        if hists_key in ctx.cache:  # one pass over the data serves every calibrator
+            cal = get_calibrator(calibrator)
+            cal.hists_ = ctx.cache[hists_key]
+            ctx.cache[key] = cal.ranges()
+        else:
+            cal = get_calibrator(calibrator)
+            ctx.cache[key] = collect_ranges(ctx.model, ctx.calib_feeds(), cal,
+                                            progress=(lambda n: ctx.progress("calibrate", n, 0)) if ctx.progress else None)
+            ctx.cache[hists_key] = cal.hists_
+    return ctx.cache[key]
+
+
+def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], *, per_channel: bool = True,
+                 op_types: tuple[str, ...] = DEFAULT_OPS, exclude: tuple[str, ...] = (),
+                 activation: str = "uint8", weight: str = "int8") -> onnx.ModelProto:
+    """QDQ-quantize `model` with the given activation ranges (onnxruntime's quantizer does the surgery)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    data = {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32)) for k, (lo, hi) in ranges.items()}
+    with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as d:
+        cache, out = Path(d) / "ranges.json", Path(d) / "q.onnx"
+        save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+        try:
+            quantize_static(
+                model, str(out), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=qt[activation], weight_type=qt[weight], op_types_to_quantize=list(op_types),
+                nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
+                calibration_cache_path=str(cache),
+                extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+            )
+        except Exception as e:
+            raise RecipeError(f"onnxruntime quantizer failed: {str(e).splitlines()[0][:200]}") from None
+        return onnx.load(str(out))
+
+
+def quantized_nodes(model: onnx.ModelProto, op_types: tuple[str, ...] = DEFAULT_OPS) -> list[str]:
+    return [n.name for n in model.graph.node if n.op_type in op_types]
+
+
+@register_recipe("int8")
+class Int8(Recipe):
+    """Static int8, QDQ format, per-channel symmetric int8 weights, asymmetric uint8 activations.
+
+    `calibrator=auto` calibrates once and picks, among minmax/percentile/entropy/mse, the ranges whose model agrees
+    best with fp32 on the calibration lines.
+    """
+
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        calibrator: str = "auto"
+        per_channel: bool = True
+        ops: str = "Conv+MatMul+Gemm"
+
+    def apply(self, ctx: RecipeContext) -> RecipeOutput:
+        ops = tuple(self.config.ops.split("+"))
+        if self.config.calibrator != "auto":
+            ranges = calibrated_ranges(ctx, self.config.calibrator)
+            return RecipeOutput(quantize_qdq(ctx.model, ranges, per_channel=self.config.per_channel, op_types=ops),
+                                {"calibrator": self.config.calibrator})
+        return best_calibrated(ctx, ops, self.config.per_channel)
+
+
+def best_calibrated(ctx: RecipeContext, ops: tuple[str, ...], per_channel: bool = True) -> RecipeOutput:
+    key = f"best-int8:{ops}:{per_channel}"
+    if key in ctx.cache:
+        return ctx.cache[key]
+    trials = {}
+    for name in ("minmax", "percentile", "entropy", "mse"):
+        m = quantize_qdq(ctx.model, calibrated_ranges(ctx, name), per_channel=per_channel, op_types=ops)
+        if ctx.calib_drop is None:
+            trials[name] = (0.0, {}, m)
+            break
+        drop, fid = ctx.calib_drop(m)
+        trials[name] = (drop, fid, m)
+    # rank by fidelity to fp32 on calibration lines, then by metric drop
+    best = min(trials, key=lambda k: (trials[k][1].get("metric_vs_fp32", 0.0), trials[k][0]))
+    out = RecipeOutput(trials[best][2], {
+        "calibrator": best,
+        "calibrator_trials": {k: {"calib_drop": round(v[0], 5), **{f: round(x, 5) for f, x in v[1].items()}} for k, v in trials.items()},
+    })
+    ctx.cache[key] = out
+    return out
+
+
+@register_recipe("int8-dynamic")
+class Int8Dynamic(Recipe):
+    """onnxruntime's `quantize_dynamic` as a new user calls it (int8 weights, activations quantized at run time)."""
+
+    def apply(self, ctx: RecipeContext) -> RecipeOutput:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as d:
+            out = Path(d) / "q.onnx"
+            try:
+                quantize_dynamic(ctx.model, str(out), weight_type=QuantType.QInt8)
+            except Exception as e:
+                raise RecipeError(f"quantize_dynamic failed: {str(e).splitlines()[0][:200]}") from None
+            return RecipeOutput(onnx.load(str(out)))

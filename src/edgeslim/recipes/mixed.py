@@ -1,0 +1,149 @@
+"""Mixed precision found automatically: int8 everywhere except the nodes that hurt accuracy most.
+
+This is the white/black-list idea of automatic mixed precision (PaddlePaddle AMP; NVIDIA's AMP op lists), with
+the black list found by measurement instead of written by hand:
+
+1. Quantize every Conv/MatMul (`int8` with the best calibrator).
+2. Sensitivity of each quantized node: feed it the fp32 model's own inputs on calibration data, run it with its
+   int8 weights and quantized input, and compare its output with fp32 -> SQNR in dB (local, so one node's error
+   is not blamed on the nodes after it).
+3. Keep the least-SQNR nodes in fp32, doubling their number, until the calibration-set metric is within budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..model import run_all_tensors
+from . import register_recipe
+from .base import Recipe, RecipeContext, RecipeOutput
+from .int8 import best_calibrated, quantize_qdq, calibrated_ranges
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    ref, test = ref.astype(np.float64), test.astype(np.float64)
+    noise = float(np.sum((ref - test) ** 2))
+    signal = float(np.sum(ref**2))
+    if noise == 0:
+        return 200.0
+    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+
+
+def _node_subgraph(qmodel: onnx.ModelProto, node: onnx.NodeProto) -> tuple[onnx.ModelProto, str] | None:
+    """The QDQ node with its Q->DQ on the activation input and DQ on weights, as a one-input model."""
+    from onnx import helper
+
+    prod = {o: n for n in qmodel.graph.node for o in n.output}
+    dq = prod.get(node.input[0])
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    q = prod.get(dq.input[0])
+    if q is None or q.op_type != "QuantizeLinear":
+        return None
+    x = q.input[0]
+    needed, stack = [node], [i for i in node.input[1:] if i in prod]
+    needed += [q, dq]
+    while stack:
+        n = prod[stack.pop()]
+        needed.append(n)
+        stack += [i for i in n.input if i in prod]
+    names = {i for n in needed for i in n.input}
+    inits = [t for t in qmodel.graph.initializer if t.name in names]
+    g = helper.make_graph(needed, "node", [helper.make_empty_tensor_value_info(x)],
+                          [helper.make_empty_tensor_value_info(node.output[0])], inits)
+    m = helper.make_model(g, opset_imports=qmodel.opset_import, ir_version=qmodel.ir_version)
+    return m, x
+
+
+def _topo(m: onnx.ModelProto) -> onnx.ModelProto:
+    """Order nodes so every input is produced before use (the subgraph is built from a back-walk)."""
+    avail = {i.name for i in m.graph.input} | {t.name for t in m.graph.initializer} | {""}
+    nodes, out = list(m.graph.node), []
+    while nodes:
+        rest = []
+        for n in nodes:
+            if all(i in avail for i in n.input):
+                out.append(n)
+                avail.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(nodes):
+            break
+        nodes = rest
+    del m.graph.node[:]
+    m.graph.node.extend(out)
+    return m
+
+
+def node_sensitivity(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
+                     op_types: tuple[str, ...]) -> list[dict]:
+    """Local SQNR (dB) of each quantized node of `qmodel`, lowest (most sensitive) first."""
+    import onnxruntime as ort
+
+    qnodes = [n for n in qmodel.graph.node if n.op_type in op_types]
+    subs = {}
+    for n in qnodes:
+        s = _node_subgraph(qmodel, n)
+        if s is not None:
+            subs[n.name] = (_topo(s[0]), s[1], n)
+    wanted = sorted({x for _, x, _ in subs.values()} | {n.output[0] for _, _, n in subs.values()})
+    captured = [run_all_tensors(fp32, f, wanted) | f for f in feeds]
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    rows = []
+    for name, (m, x, n) in subs.items():
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        refs, tests = [], []
+        for c in captured:
+            if x not in c or n.output[0] not in c:
+                continue
+            refs.append(c[n.output[0]].ravel())
+            tests.append(sess.run(None, {x: c[x]})[0].ravel())
+        if refs:
+            rows.append({"node": name, "op": n.op_type, "sqnr_db": round(sqnr_db(np.concatenate(refs), np.concatenate(tests)), 2)})
+    rows.sort(key=lambda r: r["sqnr_db"])
+    return rows
+
+
+@register_recipe("mixed")
+class Mixed(Recipe):
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        ops: str = "Conv+MatMul+Gemm"
+        sensitivity_batches: int = 8
+
+    def apply(self, ctx: RecipeContext) -> RecipeOutput:
+        ops = tuple(self.config.ops.split("+"))
+        base = best_calibrated(ctx, ops)
+        cal = base.info.get("calibrator", "minmax")
+        feeds = []
+        for f in ctx.calib_feeds():
+            feeds.append(f)
+            if len(feeds) >= self.config.sensitivity_batches:
+                break
+        table = node_sensitivity(ctx.model, base.model, feeds, ops)
+        if ctx.calib_drop is None:
+            return RecipeOutput(base.model, {"calibrator": cal, "sensitivity": table, "fp32_nodes": []})
+        ranges = calibrated_ranges(ctx, cal)
+        order = [r["node"] for r in table]
+        trials, chosen = [], None
+        k_values = [0] + [2**i for i in range(0, 12) if 2**i < len(order)] + [len(order)]
+        for k in k_values:
+            m = base.model if k == 0 else quantize_qdq(ctx.model, ranges, op_types=ops, exclude=tuple(order[:k]))
+            drop, fid = ctx.calib_drop(m)
+            trials.append({"fp32_nodes": k, "calib_drop": round(drop, 5), **{f: round(v, 5) for f, v in fid.items()}})
+            if ctx.progress:
+                ctx.progress("mixed", 1, len(k_values))
+            if drop <= ctx.budget / 2 and fid.get("metric_vs_fp32", 0.0) <= 2 * ctx.budget:
+                chosen = (k, m)
+                break
+        if chosen is None:
+            chosen = (len(order), m)
+        k, m = chosen
+        for r in table:
+            r["kept_fp32"] = r["node"] in set(order[:k])
+        return RecipeOutput(m, {"calibrator": cal, "sensitivity": table, "fp32_nodes": order[:k], "search": trials})

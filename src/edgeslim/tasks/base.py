@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass
+class Batch:
+    """Model feeds for a group of samples and the sample indices they hold, in order."""
+
+    feeds: dict[str, np.ndarray]
+    index: list[int]
+
+
+class Task:
+    """Base class. A task owns data reading, feeding, decoding, the metric and fidelity to fp32."""
+
+    name = "?"
+    metric_name = "?"
+    higher_is_better = True
+    default_budget = 0.01
+
+    def load(self, data: Path | None, input_names: Sequence[str], input_shapes: Sequence[tuple]) -> tuple[list, list]:
+        """Return (calibration samples, evaluation samples)."""
+        raise NotImplementedError
+
+    def batches(self, samples: list, batch_size: int = 8) -> Iterator[Batch]:
+        raise NotImplementedError
+
+    def decode(self, outputs: list[np.ndarray]) -> list[Any]:
+        """One prediction per sample of the batch, from the model's outputs."""
+        raise NotImplementedError
+
+    def score(self, preds: list, samples: list) -> dict[str, float]:
+        """Metric (key `metric`) plus extras, against labels."""
+        raise NotImplementedError
+
+    def fidelity(self, preds: list, ref_preds: list) -> dict[str, float]:
+        """Agreement with the fp32 baseline's predictions: keys `exact_match` and `metric_vs_fp32`."""
+        raise NotImplementedError
+
+    def bench_feeds(self, samples: list) -> dict[str, np.ndarray]:
+        """One typical input for latency measurement."""
+        return next(iter(self.batches(samples[:1], 1))).feeds
+
+    def drop(self, metric: float, baseline: float) -> float:
+        """How much worse `metric` is than `baseline` (positive = worse)."""
+        return baseline - metric if self.higher_is_better else metric - baseline
+
+
+def evaluate(runner, task: Task, samples: list, batch_size: int = 8, progress: Callable[[int], None] | None = None) -> tuple[list, int]:
+    """Predictions for every sample (in sample order) and how many non-finite output values were seen."""
+    preds: list[Any] = [None] * len(samples)
+    nonfinite = 0
+    for b in task.batches(samples, batch_size):
+        outs = runner.run(b.feeds)
+        nonfinite += sum(int(np.size(o) - np.isfinite(o).sum()) for o in outs if np.issubdtype(np.asarray(o).dtype, np.floating))
+        for i, p in zip(b.index, task.decode(outs)):
+            preds[i] = p
+        if progress:
+            progress(len(b.index))
+    return preds, nonfinite
+
+
+def read_image(path: Path, where: str = "") -> np.ndarray:
+    """BGR uint8 image; a file that does not decode is a `DataError` naming it."""
+    import cv2
+
+    if not path.exists():
+        raise DataError(f"{where}{path}: image file not found. Fix the file name or add the image.")
+    buf = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+    if img is None:
+        raise DataError(f"{where}{path}: cannot decode the image (not a PNG/JPEG/BMP or truncated). Replace or remove it.")
+    return img
