@@ -1,0 +1,125 @@
+"""Bit-packed binary kernels: packing round trip and exact equality with the float +-1 reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeslim.errors import EdgeslimError, ShapeError
+from edgeslim.kernels import binary as nbk
+from edgeslim.kernels import binary_ref as ref
+
+IMPLS = [ref, nbk]
+
+
+def _pm1(rng, shape):
+    return np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=["ref", "numba"])
+@pytest.mark.parametrize("c", [1, 63, 64, 65, 130])
+def test_pack_round_trip(impl, c):
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((3, 5, c)).astype(np.float32)
+    x[0, 0, 0] = 0.0  # zero binarizes to +1
+    packed = impl.pack_bits(x)
+    assert packed.dtype == np.uint64 and packed.shape == (3, 5, (c + 63) // 64)
+    back = impl.unpack_bits(packed, c)
+    np.testing.assert_array_equal(back, np.where(x < 0, -1.0, 1.0))
+    # padding bits of the last word stay zero
+    tail = c % 64
+    if tail:
+        assert not np.any(packed[..., -1] >> np.uint64(tail))
+
+
+def test_pack_numba_matches_reference_any_axis():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((70, 4, 3))
+    for axis in (0, 1, 2, -1):
+        np.testing.assert_array_equal(nbk.pack_bits(x, axis=axis), ref.pack_bits(x, axis=axis))
+    assert ref.pack_bits(np.array([1.0, -1.0, -0.5, 0.0]))[0] == 6
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 5, 63), (13, 9, 64), (33, 17, 65), (20, 70, 200)])
+def test_gemm_exact(m, n, k):
+    rng = np.random.default_rng(m * 1000 + k)
+    a = _pm1(rng, (m, k))
+    b = _pm1(rng, (k, n))
+    expect = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    ap, bp = nbk.pack_bits(a, axis=1), nbk.pack_bits(b, axis=0)
+    np.testing.assert_array_equal(ref.binary_gemm(ap, bp, k), expect)
+    np.testing.assert_array_equal(nbk.binary_gemm(ap, bp, k), expect)
+
+
+def _torch_like_conv(x, w, stride, pad):
+    """Direct float conv with zero padding: x [B, H, W, C] (+-1), w [O, C, KH, KW] (+-1)."""
+    b, h, wd, c = x.shape
+    o, _, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ho = (h + 2 * pad - kh) // stride + 1
+    wo = (wd + 2 * pad - kw) // stride + 1
+    out = np.zeros((b, ho, wo, o))
+    for i in range(ho):
+        for j in range(wo):
+            patch = xp[:, i * stride : i * stride + kh, j * stride : j * stride + kw, :]  # B,KH,KW,C
+            out[:, i, j, :] = np.einsum("bhwc,ochw->bo", patch, w)
+    return out.astype(np.int32)
+
+
+CONV_CASES = [
+    # b, h, w, c, o, k, stride, pad
+    (1, 5, 7, 3, 5, 3, 1, 1),
+    (2, 6, 5, 64, 8, 3, 1, 1),
+    (1, 9, 8, 65, 13, 3, 2, 1),
+    (2, 7, 7, 130, 70, 3, 1, 0),
+    (1, 4, 6, 17, 3, 1, 1, 0),
+    (1, 5, 5, 40, 9, 5, 2, 2),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_conv_exact(case):
+    b, h, wd, c, o, k, s, p = case
+    rng = np.random.default_rng(sum(case))
+    x = _pm1(rng, (b, h, wd, c))
+    w = _pm1(rng, (o, c, k, k))
+    expect = _torch_like_conv(x, w, s, p)
+    xp, wp = nbk.pack_bits(x), nbk.pack_conv_weight(w)
+    assert wp.shape == (k, k, (c + 63) // 64, o)
+    np.testing.assert_array_equal(ref.binary_conv2d(xp, wp, c, s, p), expect)
+    np.testing.assert_array_equal(nbk.binary_conv2d(xp, wp, c, s, p), expect)
+
+
+@pytest.mark.parametrize("case", CONV_CASES[:4], ids=lambda c: "x".join(map(str, c)))
+def test_conv_fused_threshold_exact(case):
+    b, h, wd, c, o, k, s, p = case
+    rng = np.random.default_rng(7 + sum(case))
+    x = _pm1(rng, (b, h, wd, c))
+    w = _pm1(rng, (o, c, k, k))
+    scale = rng.standard_normal(o)
+    scale[0] = 0.0  # constant channel
+    shift = rng.standard_normal(o) * 5
+    dot = _torch_like_conv(x, w, s, p).astype(np.float64)
+    y = scale * dot + shift
+    thr, sgn = ref.bn_to_threshold(scale, shift)
+    xp, wp = nbk.pack_bits(x), nbk.pack_conv_weight(w)
+    got_ref = ref.binary_conv2d_packed(xp, wp, c, thr, sgn, s, p)
+    got_nb = nbk.binary_conv2d_packed(xp, wp, c, thr, sgn, s, p)
+    np.testing.assert_array_equal(got_nb, got_ref)
+    # away from exact ties the fused test equals sign(scale * dot + shift)
+    decided = np.abs(y) > 1e-9
+    np.testing.assert_array_equal(ref.unpack_bits(got_nb, o)[decided], np.where(y < 0, -1.0, 1.0)[decided])
+    assert decided.mean() > 0.9
+
+
+def test_bad_inputs_raise_named_errors():
+    x = np.zeros((1, 4, 4, 1), np.uint64)
+    w = np.zeros((3, 3, 2, 4), np.uint64)
+    for impl in IMPLS:
+        with pytest.raises(ShapeError):
+            impl.binary_conv2d(x, w, 64)
+        with pytest.raises(EdgeslimError):
+            impl.binary_gemm(np.zeros((2, 1), np.float32), np.zeros((1, 2), np.uint64), 64)
+        with pytest.raises(ShapeError):
+            impl.binary_gemm(np.zeros((2, 1), np.uint64), np.zeros((1, 2), np.uint64), 65)
+
