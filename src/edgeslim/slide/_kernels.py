@@ -268,6 +268,7 @@ def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
     nh = L * K
     loss_c = np.zeros(n_chunks, np.float64)
     act_c = np.zeros(n_chunks, np.int64)
+    gb1_c = np.zeros((n_chunks, H), np.float32)  # per chunk: every sample writes all of it
     inv_b = np.float32(1.0 / B)
     for c in prange(n_chunks):
         pos = np.zeros(n_labels, np.int32)
@@ -337,7 +338,10 @@ def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
                     g1[j] += v * dh[j]
                 touched1[f] = 1
             for j in range(H):
-                Gb1[j] += dh[j]
+                gb1_c[c, j] += dh[j]
+    for c in range(n_chunks):
+        for j in range(H):
+            Gb1[j] += gb1_c[c, j]
     return loss_c.sum(), act_c.sum()
 
 

@@ -35,6 +35,7 @@ _MUL = 1540483477  # murmur2's multiplier; < 2**31 so products stay inside int64
 
 def _mix(a: int, b: int) -> int:
     """Deterministic 31-bit mix of two ints (same arithmetic as the numba twin)."""
+    a, b = int(a), int(b)
     x = ((a & _M32) * _MUL + (b & _M32) * 374761393 + 668265263) & _M32
     x ^= x >> 15
     x = (x * 1274126177) & _M32
