@@ -12,6 +12,13 @@ from edgeslim.kernels import binary_ref as ref
 IMPLS = [ref, nbk]
 
 
+@pytest.fixture(params=["serial", "parallel"])
+def path(request, monkeypatch):
+    """Run the numba kernels both on the calling thread and through the parallel pool."""
+    monkeypatch.setattr(nbk, "SERIAL_BELOW", 10**12 if request.param == "serial" else 0)
+    return request.param
+
+
 def _pm1(rng, shape):
     return np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
 
@@ -32,7 +39,7 @@ def test_pack_round_trip(impl, c):
         assert not np.any(packed[..., -1] >> np.uint64(tail))
 
 
-def test_pack_numba_matches_reference_any_axis():
+def test_pack_numba_matches_reference_any_axis(path):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((70, 4, 3))
     for axis in (0, 1, 2, -1):
@@ -41,7 +48,7 @@ def test_pack_numba_matches_reference_any_axis():
 
 
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 5, 63), (13, 9, 64), (33, 17, 65), (20, 70, 200)])
-def test_gemm_exact(m, n, k):
+def test_gemm_exact(m, n, k, path):
     rng = np.random.default_rng(m * 1000 + k)
     a = _pm1(rng, (m, k))
     b = _pm1(rng, (k, n))
@@ -78,7 +85,7 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
-def test_conv_exact(case):
+def test_conv_exact(case, path):
     b, h, wd, c, o, k, s, p = case
     rng = np.random.default_rng(sum(case))
     x = _pm1(rng, (b, h, wd, c))
@@ -91,7 +98,7 @@ def test_conv_exact(case):
 
 
 @pytest.mark.parametrize("case", CONV_CASES[:4], ids=lambda c: "x".join(map(str, c)))
-def test_conv_fused_threshold_exact(case):
+def test_conv_fused_threshold_exact(case, path):
     b, h, wd, c, o, k, s, p = case
     rng = np.random.default_rng(7 + sum(case))
     x = _pm1(rng, (b, h, wd, c))

@@ -57,6 +57,17 @@ def _chunks(rows: int) -> int:
     return max(1, min(rows, 8 * numba.get_num_threads()))
 
 
+# Below this many word pairs (about 0.1 ms on one core) a kernel runs on the calling thread:
+# waking a pool costs more than the work, and on a loaded machine a parallel region waits for
+# a descheduled worker for milliseconds.
+SERIAL_BELOW = 400_000
+
+
+def _serial(kernel):
+    """The same kernel compiled without ``parallel`` (``prange`` runs as ``range``)."""
+    return njit(**_JIT)(kernel.py_func)
+
+
 # ----------------------------------------------------------------------------- packing
 @njit(parallel=True, **_JIT)
 def _pack_rows(x, out, c):
@@ -72,6 +83,9 @@ def _pack_rows(x, out, c):
             out[r, j] = word
 
 
+_pack_rows_serial = _serial(_pack_rows)
+
+
 def pack_bits(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """Binarize ``x`` by sign and pack it along ``axis`` into uint64 words (numba)."""
     x = np.asarray(x)
@@ -85,7 +99,7 @@ def pack_bits(x: np.ndarray, axis: int = -1) -> np.ndarray:
     if flat.dtype not in (np.float32, np.float64):
         flat = flat.astype(np.float32)
     out = np.empty((flat.shape[0], n_words(c)), dtype=np.uint64)
-    _pack_rows(flat, out, c)
+    (_pack_rows if flat.size >= 8 * SERIAL_BELOW else _pack_rows_serial)(flat, out, c)
     return np.ascontiguousarray(np.moveaxis(out.reshape(lead + (n_words(c),)), -1, axis))
 
 
@@ -113,6 +127,9 @@ def _gemm(a, b, k, out, nchunk):
                 out[m, o] = k - 2 * np.int64(acc[o])
 
 
+_gemm_serial = _serial(_gemm)
+
+
 def binary_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int) -> np.ndarray:
     """``A @ B`` for +-1 matrices packed along K: ``a [M, Kw]``, ``b [Kw, N]`` -> int32 ``[M, N]``.
 
@@ -125,7 +142,8 @@ def binary_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int) -> np.ndarra
     a = np.ascontiguousarray(a_packed)
     b = np.ascontiguousarray(b_packed)
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.int32)
-    _gemm(a, b, np.int64(k), out, _chunks(a.shape[0]))
+    kern = _gemm if a.shape[0] * a.shape[1] * b.shape[1] >= SERIAL_BELOW else _gemm_serial
+    kern(a, b, np.int64(k), out, _chunks(a.shape[0]))
     return out
 
 
@@ -194,6 +212,10 @@ def _conv_packed(x, w, c, thr, sgn, stride, pad, out, nchunk):
                     out[bi, oy, ox, j] = word
 
 
+_conv_serial = _serial(_conv)
+_conv_packed_serial = _serial(_conv_packed)
+
+
 def binary_conv2d(x_packed: np.ndarray, w_packed: np.ndarray, c: int, stride: int = 1, padding: int = 1) -> np.ndarray:
     """Binary convolution of packed NHWC activations ``[B, H, W, Cw]`` with packed weights
     ``[KH, KW, Cw, O]`` (zero padding, corrected); returns the int32 dot ``[B, Ho, Wo, O]``."""
@@ -201,7 +223,8 @@ def binary_conv2d(x_packed: np.ndarray, w_packed: np.ndarray, c: int, stride: in
     x = np.ascontiguousarray(x_packed)
     w = np.ascontiguousarray(w_packed)
     out = np.empty((x.shape[0], ho, wo, w.shape[3]), dtype=np.int32)
-    _conv(x, w, np.int64(c), np.int64(stride), np.int64(padding), out, _chunks(x.shape[0] * ho))
+    kern = _conv if out.size * w.shape[0] * w.shape[1] * w.shape[2] >= SERIAL_BELOW else _conv_serial
+    kern(x, w, np.int64(c), np.int64(stride), np.int64(padding), out, _chunks(x.shape[0] * ho))
     return out
 
 
@@ -225,7 +248,9 @@ def binary_conv2d_packed(
     x = np.ascontiguousarray(x_packed)
     w = np.ascontiguousarray(w_packed)
     out = np.empty((x.shape[0], ho, wo, n_words(o_n)), dtype=np.uint64)
-    _conv_packed(x, w, np.int64(c), thr, sgn, np.int64(stride), np.int64(padding), out, _chunks(x.shape[0] * ho))
+    work = x.shape[0] * ho * wo * o_n * w.shape[0] * w.shape[1] * w.shape[2]
+    kern = _conv_packed if work >= SERIAL_BELOW else _conv_packed_serial
+    kern(x, w, np.int64(c), thr, sgn, np.int64(stride), np.int64(padding), out, _chunks(x.shape[0] * ho))
     return out
 
 

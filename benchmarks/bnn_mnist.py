@@ -1,0 +1,148 @@
+"""BNN on MNIST: accuracy of fp32, XNOR-style and ReActNet-style models of the same shape, and
+end-to-end latency of the bit-packed model (numba kernels) vs the fp32 model on onnxruntime.
+
+Data: the MNIST test set (10,000 images, IDX) read from ``--data`` (default ../shared/data
+relative to the repository root), split deterministically 80/20 into train/test (seed 0).
+The binary models use the two-step recipe (binary activations + real weights, then binary
+weights); the fp32 model trains for the same total number of epochs.
+
+    python benchmarks/bnn_mnist.py [--epochs 3] [--train-size 8000] [--rounds 30]
+
+Ends with ``RESULT fp32_acc=<x> xnor_acc=<x> reactnet_acc=<x> packed_vs_fp32_latency=<x>``;
+``packed_vs_fp32_latency`` is the packed XNOR model's batch-1 latency divided by the fp32
+model's on onnxruntime (median of per-round ratios; below 1 means the packed model is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import time
+from pathlib import Path
+
+THREADS = 2
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+os.environ.setdefault("NUMBA_NUM_THREADS", str(THREADS))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from edgeslim.train.bnn import MnistBNN, export_packed  # noqa: E402
+from edgeslim.train.data import load_mnist, split  # noqa: E402
+from edgeslim.train.loop import FitConfig, evaluate, fit, two_step  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_data() -> Path:
+    for p in (Path("/work/shared/data"), ROOT.parent / "shared" / "data"):
+        if (p / "mnist").is_dir():
+            return p
+    return ROOT.parent / "shared" / "data"
+
+
+def ort_session(model: torch.nn.Module, batch: int) -> ort.InferenceSession:
+    f = io.BytesIO()
+    torch.onnx.export(model, (torch.zeros(batch, 1, 28, 28),), f, dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["logits"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = THREADS
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(f.getvalue(), so, providers=["CPUExecutionProvider"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=default_data())
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per step (fp32 trains 2x this)")
+    ap.add_argument("--train-size", type=int, default=8000)
+    ap.add_argument("--widths", default="32,64,64,128,128")
+    ap.add_argument("--rounds", type=int, default=30)
+    args = ap.parse_args()
+    torch.set_num_threads(THREADS)
+    numba.set_num_threads(THREADS)
+    widths = tuple(int(v) for v in args.widths.split(","))
+
+    imgs, labels = load_mnist(args.data)
+    tr, te = split(len(imgs), test_fraction=0.2, seed=0)
+    tr = tr[: args.train_size]
+    x = torch.from_numpy((imgs.astype(np.float32) / 255.0 - 0.1307) / 0.3081).unsqueeze(1)
+    y = torch.from_numpy(labels)
+    print(f"MNIST t10k from {args.data}: train {len(tr)}, test {len(te)}; widths {widths}; "
+          f"{args.epochs}+{args.epochs} epochs (fp32: {2 * args.epochs}); threads {THREADS}")
+
+    cfg1 = FitConfig(epochs=args.epochs, lr=2e-3, batch_size=64, seed=0)
+    cfg2 = FitConfig(epochs=args.epochs, lr=1e-3, batch_size=64, seed=1)
+    models, acc, train_s = {}, {}, {}
+    for kind in ("fp32", "xnor", "reactnet"):
+        torch.manual_seed(0)
+        m = MnistBNN(kind, widths=widths)
+        t = time.perf_counter()
+        if kind == "fp32":
+            fit(m, x[tr], y[tr], FitConfig(epochs=2 * args.epochs, lr=2e-3, batch_size=64, seed=0))
+        else:
+            two_step(m, x[tr], y[tr], cfg1, cfg2)
+        train_s[kind] = time.perf_counter() - t
+        acc[kind] = evaluate(m, x[te], y[te])
+        models[kind] = m
+        print(f"  trained {kind:<9} in {train_s[kind]:6.1f} s: test top-1 {acc[kind]:.4f}")
+
+    packed = {k: export_packed(models[k]) for k in ("xnor", "reactnet")}
+    xt = x[te].numpy()
+    agree = {}
+    for k, p in packed.items():
+        with torch.no_grad():
+            lt = models[k](x[te]).numpy()
+        lp = p.run(xt)
+        agree[k] = float((lt.argmax(1) == lp.argmax(1)).mean())
+        acc[k + "-packed"] = float((lp.argmax(1) == y[te].numpy()).mean())
+
+    fp32_bytes = sum(p.numel() * 4 for p in models["fp32"].parameters())
+    print("\n| model | test top-1 | packed run top-1 | packed == torch predictions | weight bytes |")
+    print("|---|---|---|---|---|")
+    print(f"| fp32 | {acc['fp32']:.4f} | - | - | {fp32_bytes} |")
+    for k in ("xnor", "reactnet"):
+        print(f"| {k} | {acc[k]:.4f} | {acc[k + '-packed']:.4f} | {agree[k]:.4f} | {packed[k].weight_bytes()} |")
+
+    # latency, batch 1 and 64, interleaved rounds
+    lat_ratio = None
+    for batch in (1, 64):
+        sess = ort_session(models["fp32"], batch)
+        xb = xt[:batch]
+        cands = {
+            "fp32 onnxruntime": lambda: sess.run(None, {"x": xb}),
+            "xnor packed (numba)": lambda: packed["xnor"].run(xb),
+            "reactnet packed (numba)": lambda: packed["reactnet"].run(xb),
+        }
+        inner = 20 if batch == 1 else 3
+        for fn in cands.values():
+            for _ in range(5):
+                fn()
+        times = {k: [] for k in cands}
+        order = list(cands)
+        for r in range(args.rounds):
+            for k in order[r % 3:] + order[: r % 3]:
+                t = time.perf_counter()
+                for _ in range(inner):
+                    cands[k]()
+                times[k].append((time.perf_counter() - t) / inner)
+        print(f"\nlatency, batch {batch} ({args.rounds} rounds x {inner} runs, {THREADS} threads):")
+        print(f"  {'model':<26}{'median ms':>10}{'vs fp32 ORT (median, range)':>34}")
+        for k in cands:
+            r = [a / b for a, b in zip(times[k], times["fp32 onnxruntime"])]
+            print(f"  {k:<26}{statistics.median(times[k]) * 1e3:>10.3f}{statistics.median(r):>16.2f}x  "
+                  f"[{min(r):.2f}, {max(r):.2f}]")
+            if batch == 1 and k == "xnor packed (numba)":
+                lat_ratio = statistics.median(r)
+
+    print(f"\nRESULT fp32_acc={acc['fp32']:.4f} xnor_acc={acc['xnor']:.4f} reactnet_acc={acc['reactnet']:.4f} "
+          f"packed_vs_fp32_latency={lat_ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""A minimal, deterministic classification training loop shared by the BNN, QAT and AMP code.
+
+:func:`fit` trains on in-memory tensors with Adam and a cosine schedule; :func:`two_step`
+is the BNN recipe (binary activations with real weights, then both binary; Martinez et al.,
+ICLR 2020; ReActNet, ECCV 2020). The library never prints: pass ``progress`` to observe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import InvalidParameterError
+
+__all__ = ["FitConfig", "fit", "evaluate", "two_step"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FitConfig:
+    """Training options.
+
+    >>> FitConfig(epochs=2).lr
+    0.001
+    """
+
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise InvalidParameterError(
+                f"FitConfig needs epochs >= 0, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}."
+            )
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: FitConfig,
+    *,
+    step_fn: Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor], float] | None = None,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` on ``(x, y)``; returns the mean loss of each epoch.
+
+    ``step_fn(model, optimizer, xb, yb) -> loss`` replaces the plain fp32 step (the AMP
+    helper supplies one); ``progress(epoch, loss)`` is called after each epoch.
+    """
+    if len(x) != len(y) or len(x) == 0:
+        raise InvalidParameterError(f"x and y need the same non-zero length; got {len(x)} and {len(y)}.")
+    g = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = max(1, config.epochs * ((len(x) + config.batch_size - 1) // config.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    step = step_fn or _plain_step
+    losses = []
+    for epoch in range(config.epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=g)
+        total, count = 0.0, 0
+        for i in range(0, len(x), config.batch_size):
+            idx = perm[i : i + config.batch_size]
+            total += step(model, opt, x[idx], y[idx]) * len(idx)
+            count += len(idx)
+            sched.step()
+        losses.append(total / count)
+        if progress is not None:
+            progress(epoch, losses[-1])
+    model.eval()
+    return losses
+
+
+def _plain_step(model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> float:
+    opt.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(model(xb), yb)
+    loss.backward()
+    opt.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` in eval mode."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+def two_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    step1: FitConfig,
+    step2: FitConfig,
+    *,
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[list[float], list[float]]:
+    """Two-step BNN training: binary activations + real weights, then everything binary
+    (weights start from step 1's real values)."""
+    from .bnn import set_binarization
+
+    set_binarization(model, activations=True, weights=False)
+    l1 = fit(model, x, y, step1, progress=progress)
+    set_binarization(model, activations=True, weights=True)
+    l2 = fit(model, x, y, step2, progress=progress)
+    return l1, l2

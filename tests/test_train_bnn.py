@@ -1,0 +1,145 @@
+"""Binary layers: STE gradients, binarization switches, and packed export/run parity on MNIST."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeslim.errors import DataError, RecipeError, UnknownNameError
+from edgeslim.train.bnn import (
+    BinaryConv2d,
+    BinaryLinear,
+    MnistBNN,
+    RPReLU,
+    RSign,
+    approx_sign,
+    export_packed,
+    set_binarization,
+    ste_sign,
+)
+from edgeslim.train.data import load_mnist, split
+from edgeslim.train.loop import FitConfig, two_step
+
+DATA = next((p for p in (Path("/work/shared/data"), Path(__file__).resolve().parents[2] / "shared" / "data")
+             if (p / "mnist").is_dir()), Path("/work/shared/data"))
+
+
+def test_ste_sign_forward_and_gradient():
+    x = torch.tensor([-2.0, -1.0, -0.3, 0.0, 0.4, 1.0, 1.5], requires_grad=True)
+    y = ste_sign(x)
+    np.testing.assert_array_equal(y.detach().numpy(), [-1, -1, -1, 1, 1, 1, 1])
+    g = torch.arange(1.0, 8.0)
+    y.backward(g)
+    np.testing.assert_array_equal(x.grad.numpy(), g.numpy() * (np.abs(x.detach().numpy()) <= 1))
+
+
+def test_approx_sign_gradient_is_bireal_quadratic():
+    x = torch.tensor([-1.5, -0.5, 0.0, 0.25, 0.9], requires_grad=True)
+    approx_sign(x).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), np.maximum(0.0, 2 - 2 * np.abs(x.detach().numpy())))
+
+
+def test_rsign_threshold_and_gradient():
+    r = RSign(2)
+    with torch.no_grad():
+        r.beta[:] = torch.tensor([0.5, -0.5]).view(1, 2, 1, 1)
+    x = torch.tensor([0.2, 0.2]).view(1, 2, 1, 1)
+    y = r(x)
+    np.testing.assert_array_equal(y.detach().numpy().ravel(), [-1, 1])
+    y.sum().backward()
+    # d sign(x - beta) / d beta = -(2 - 2|x - beta|) with the approx gradient; |x - beta| = 0.3, 0.7
+    np.testing.assert_allclose(r.beta.grad.numpy().ravel(), [-(2 - 0.6), -(2 - 1.4)], rtol=1e-6)
+
+
+def test_rprelu_matches_formula():
+    a = RPReLU(3)
+    with torch.no_grad():
+        a.gamma[:] = torch.tensor([0.0, 1.0, -1.0])
+        a.zeta[:] = torch.tensor([0.5, 0.0, 0.0])
+        a.slope[:] = torch.tensor([0.1, 0.2, 0.3])
+    x = torch.tensor([-1.0, 0.5, -2.0]).view(1, 3, 1, 1)
+    want = np.array([-0.1 + 0.5, (0.5 - 1) * 0.2, (-2 + 1) * 0.3])
+    np.testing.assert_allclose(a(x).detach().numpy().ravel(), want, rtol=1e-6)
+
+
+def test_binary_conv_uses_signs_and_xnor_scale():
+    torch.manual_seed(0)
+    conv = BinaryConv2d(5, 4, 3, padding=1)
+    x = torch.randn(2, 5, 6, 6)
+    w = conv.weight.detach()
+    alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+    want = torch.nn.functional.conv2d(torch.where(x >= 0, 1.0, -1.0), torch.where(w >= 0, 1.0, -1.0) * alpha, padding=1)
+    torch.testing.assert_close(conv(x), want)
+    # step 1 of the recipe: real weights, binary activations
+    set_binarization(conv, activations=True, weights=False)
+    torch.testing.assert_close(conv(x), torch.nn.functional.conv2d(torch.where(x >= 0, 1.0, -1.0), w, padding=1))
+    lin = BinaryLinear(7, 3)
+    set_binarization(lin, activations=False, weights=False)
+    xl = torch.randn(4, 7)
+    torch.testing.assert_close(lin(xl), xl @ lin.weight.T)
+
+
+def test_weight_gradient_flows_through_ste():
+    conv = BinaryConv2d(3, 2, 3, padding=1)
+    with torch.no_grad():
+        conv.weight[0, 0, 0, 0] = 5.0  # outside the STE window of |w| <= 1
+    conv(torch.randn(1, 3, 5, 5)).sum().backward()
+    assert conv.weight.grad.abs().sum() > 0
+    # only the alpha path reaches the clipped weight: the sign path is zeroed there
+    assert conv.weight.grad[0, 0, 0, 0].abs() < conv.weight.grad[0].abs().max()
+
+
+def test_unknown_kind_lists_known():
+    with pytest.raises(UnknownNameError, match="reactnet"):
+        MnistBNN("reactnett")
+
+
+def test_mnist_reader_and_split():
+    imgs, labels = load_mnist(DATA)
+    assert imgs.shape == (10000, 28, 28) and imgs.dtype == np.uint8
+    assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    tr, te = split(len(imgs), 0.2, seed=0)
+    assert len(te) == 2000 and len(np.intersect1d(tr, te)) == 0 and len(tr) + len(te) == 10000
+    tr2, te2 = split(len(imgs), 0.2, seed=0)
+    np.testing.assert_array_equal(te, te2)
+    with pytest.raises(DataError):
+        load_mnist(DATA / "nope")
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    imgs, labels = load_mnist(DATA)
+    tr, te = split(len(imgs), 0.2, seed=0)
+    x = torch.from_numpy((imgs.astype(np.float32) / 255.0 - 0.1307) / 0.3081).unsqueeze(1)
+    y = torch.from_numpy(labels)
+    return x[tr[:256]], y[tr[:256]], x[te[:200]], y[te[:200]]
+
+
+@pytest.mark.parametrize("kind", ["xnor", "reactnet"])
+def test_packed_export_matches_torch(kind, mnist_small):
+    xtr, ytr, xte, yte = mnist_small
+    torch.manual_seed(0)
+    model = MnistBNN(kind, widths=(9, 18, 36, 72, 72))  # 72: channels not a multiple of 64
+    with pytest.raises(RecipeError):
+        set_binarization(model, activations=True, weights=False)
+        export_packed(model)
+    cfg = FitConfig(epochs=1, lr=3e-3, batch_size=64)
+    l1, l2 = two_step(model, xtr, ytr, cfg, cfg)
+    assert all(np.isfinite(l1 + l2))
+    packed = export_packed(model)
+    with torch.no_grad():
+        want = model(xte).numpy()
+    got = packed.run(xte.numpy())
+    agree = (want.argmax(1) == got.argmax(1)).mean()
+    assert agree >= 0.99
+    assert len(np.unique(want.argmax(1))) >= 2  # not a degenerate constant predictor
+    assert np.median(np.abs(want - got)) < 1e-3
+    assert [b.w_packed.shape for b in packed.blocks] == [(3, 3, 1, 18), (3, 3, 1, 36), (3, 3, 1, 72), (3, 3, 2, 72)]
+
+
+def test_export_rejects_fp32():
+    with pytest.raises(RecipeError):
+        export_packed(MnistBNN("fp32", widths=(4, 8, 8, 8, 8)))
