@@ -134,7 +134,7 @@ class Telemetry:
 
 
 def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: int, rounds: int = 7,
-                 target_round_s: float = 0.25, min_repeats: int = 3, max_repeats: int = 200,
+                 target_round_s: float = 0.5, min_repeats: int = 3, max_repeats: int = 200,
                  start_timeout: float = 120.0, progress: Callable[[int, int], None] | None = None,
                  ) -> tuple[list[BenchResult], dict]:
     """Time every spec in its own process, alternating in rounds; specs[0] is the baseline of the ratios."""

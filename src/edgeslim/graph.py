@@ -31,6 +31,7 @@ __all__ = [
     "fold_affine_into_pointwise_conv",
     "simplify",
     "opset_of",
+    "toposort",
 ]
 
 
@@ -105,6 +106,27 @@ def _prune_initializers(model: onnx.ModelProto) -> None:
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+
+
+def toposort(m: onnx.ModelProto) -> onnx.ModelProto:
+    """Order nodes (in place) so every input is produced before use; some converters append nodes out of order."""
+    avail = {i.name for i in m.graph.input} | {t.name for t in m.graph.initializer} | {""}
+    nodes, out = list(m.graph.node), []
+    while nodes:
+        rest = []
+        for n in nodes:
+            if all(i in avail for i in n.input):
+                out.append(n)
+                avail.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(nodes):  # a cycle or a dangling input: keep the rest as they were
+            out += rest
+            break
+        nodes = rest
+    del m.graph.node[:]
+    m.graph.node.extend(out)
+    return m
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:

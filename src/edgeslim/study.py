@@ -38,6 +38,7 @@ class StudyConfig:
     threads: int = 2
     rounds: int = 5
     eval_limit: int | None = None
+    calib_limit: int | None = None
     model_label: str | None = None  # how results.json names the model (e.g. a zoo name)
 
 
@@ -155,6 +156,7 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
     prepared, rewrites = prepare(original)
     task = get_task(config.task, eval_limit=config.eval_limit).bind(original)
     calib, ev = task.load(Path(config.data) if config.data else None)
+    calib = calib[: config.calib_limit] if config.calib_limit else calib
     budget = config.max_drop if config.max_drop is not None else task.default_budget
     cand_dir = workdir / "candidates"
     cand_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +195,7 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             task.reference = ref_task_state
 
     def calib_drop(model: onnx.ModelProto) -> tuple[float, dict]:
-        preds, nonfinite = run_eval(model.SerializeToString(), calib, "search (calib)")
+        preds, nonfinite = run_eval(model.SerializeToString(), calib, "score on calibration lines")
         if hasattr(task, "reference"):
             saved, task.reference = task.reference, calib_preds
         m = task.score(preds, calib)["metric"]
@@ -210,7 +212,7 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
         raise InvalidParameterError("the data has no calibration samples. Provide more samples.")
     ctx = RecipeContext(model=prepared, original=original, calib_feeds=calib_feeds,
                         calib_drop=calib_drop if calib_preds is not None else None, budget=budget,
-                        progress=prog, cache={"rewrites": rewrites})
+                        progress=prog, cache={"rewrites": rewrites, "calib_count": len(calib)})
     cands = [base]
     for r in recipes:
         spec = r.spec

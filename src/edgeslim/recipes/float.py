@@ -9,6 +9,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import RecipeError
+from ..graph import toposort
 from . import register_recipe
 from .base import Recipe, RecipeContext, RecipeOutput
 
@@ -48,7 +49,7 @@ class Fp16(Recipe):
             m = convert_float_to_float16(ctx.model, keep_io_types=self.config.keep_io_types, disable_shape_infer=False)
         except Exception as e:
             raise RecipeError(f"fp16 conversion failed: {str(e).splitlines()[0][:200]}") from None
-        return RecipeOutput(m)
+        return RecipeOutput(toposort(m))
 
 
 def to_bfloat16_bits(x: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ fewer float ops sit between quantized convolutions.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +28,29 @@ from .base import Recipe, RecipeContext, RecipeOutput
 DEFAULT_OPS = ("Conv", "MatMul", "Gemm")
 
 
-def calibrated_ranges(ctx: RecipeContext, calibrator: str) -> dict[str, tuple[float, float]]:
-    """Ranges of every float tensor of the prepared model; cached per calibrator within a study."""
-    key = f"ranges:{calibrator}"
+def tensors_of(model: onnx.ModelProto, op_types: tuple[str, ...]) -> list[str]:
+    """Activation tensors the quantizer needs ranges for: non-weight inputs and outputs of the quantized ops."""
+    init = {t.name for t in model.graph.initializer}
+    names = []
+    for n in model.graph.node:
+        if n.op_type in op_types:
+            names += [i for i in n.input if i and i not in init] + [o for o in n.output if o]
+    return list(dict.fromkeys(names))
+
+
+def calibrated_ranges(ctx: RecipeContext, calibrator: str, op_types: tuple[str, ...] = DEFAULT_OPS) -> dict[str, tuple[float, float]]:
+    """Ranges of the tensors around `op_types`; one streaming pass serves every calibrator (cached per study)."""
+    key = f"ranges:{calibrator}:{op_types}"
     if key not in ctx.cache:
-        hists_key = "calib-histograms"
-        if hists_key in ctx.cache:  # one pass over the data serves every calibrator
-            cal = get_calibrator(calibrator)
+        hists_key = f"calib-histograms:{op_types}"
+        cal = get_calibrator(calibrator)
+        if hists_key in ctx.cache:
             cal.hists_ = ctx.cache[hists_key]
             ctx.cache[key] = cal.ranges()
         else:
-            cal = get_calibrator(calibrator)
-            ctx.cache[key] = collect_ranges(ctx.model, ctx.calib_feeds(), cal,
-                                            progress=(lambda n: ctx.progress("calibrate", n, 0)) if ctx.progress else None)
+            total = ctx.cache.get("calib_count", 0)
+            ctx.cache[key] = collect_ranges(ctx.model, ctx.calib_feeds(), cal, tensor_names=tensors_of(ctx.model, op_types),
+                                            progress=(lambda n: ctx.progress("calibrate", n, total)) if ctx.progress else None)
             ctx.cache[hists_key] = cal.hists_
     return ctx.cache[key]
 
@@ -52,7 +64,7 @@ def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
 
     qt = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     data = {k: TensorData(lowest=np.array(lo, np.float32), highest=np.array(hi, np.float32)) for k, (lo, hi) in ranges.items()}
-    with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as d:
+    with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as d, _quiet_root_logger():
         cache, out = Path(d) / "ranges.json", Path(d) / "q.onnx"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
         try:
@@ -66,6 +78,18 @@ def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
         except Exception as e:
             raise RecipeError(f"onnxruntime quantizer failed: {str(e).splitlines()[0][:200]}") from None
         return onnx.load(str(out))
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    # onnxruntime.quantization logs "consider pre-processing" warnings on the root logger for every call.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def quantized_nodes(model: onnx.ModelProto, op_types: tuple[str, ...] = DEFAULT_OPS) -> list[str]:
@@ -89,7 +113,7 @@ class Int8(Recipe):
     def apply(self, ctx: RecipeContext) -> RecipeOutput:
         ops = tuple(self.config.ops.split("+"))
         if self.config.calibrator != "auto":
-            ranges = calibrated_ranges(ctx, self.config.calibrator)
+            ranges = calibrated_ranges(ctx, self.config.calibrator, ops)
             return RecipeOutput(quantize_qdq(ctx.model, ranges, per_channel=self.config.per_channel, op_types=ops),
                                 {"calibrator": self.config.calibrator})
         return best_calibrated(ctx, ops, self.config.per_channel)
@@ -101,9 +125,9 @@ def best_calibrated(ctx: RecipeContext, ops: tuple[str, ...], per_channel: bool 
         return ctx.cache[key]
     trials = {}
     for name in ("minmax", "percentile", "entropy", "mse"):
-        m = quantize_qdq(ctx.model, calibrated_ranges(ctx, name), per_channel=per_channel, op_types=ops)
+        m = quantize_qdq(ctx.model, calibrated_ranges(ctx, name, ops), per_channel=per_channel, op_types=ops)
         if ctx.calib_drop is None:
-            trials[name] = (0.0, {}, m)
+            trials[name] = (0.0, {}, m)  # nothing to compare against: first calibrator
             break
         drop, fid = ctx.calib_drop(m)
         trials[name] = (drop, fid, m)
@@ -124,7 +148,7 @@ class Int8Dynamic(Recipe):
     def apply(self, ctx: RecipeContext) -> RecipeOutput:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as d:
+        with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as d, _quiet_root_logger():
             out = Path(d) / "q.onnx"
             try:
                 quantize_dynamic(ctx.model, str(out), weight_type=QuantType.QInt8)

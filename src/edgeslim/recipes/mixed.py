@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from ..graph import toposort
 from ..model import run_all_tensors
 from . import register_recipe
 from .base import Recipe, RecipeContext, RecipeOutput
@@ -52,30 +53,10 @@ def _node_subgraph(qmodel: onnx.ModelProto, node: onnx.NodeProto) -> tuple[onnx.
         stack += [i for i in n.input if i in prod]
     names = {i for n in needed for i in n.input}
     inits = [t for t in qmodel.graph.initializer if t.name in names]
-    g = helper.make_graph(needed, "node", [helper.make_empty_tensor_value_info(x)],
+    g = helper.make_graph(needed, "node", [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)],
                           [helper.make_empty_tensor_value_info(node.output[0])], inits)
     m = helper.make_model(g, opset_imports=qmodel.opset_import, ir_version=qmodel.ir_version)
     return m, x
-
-
-def _topo(m: onnx.ModelProto) -> onnx.ModelProto:
-    """Order nodes so every input is produced before use (the subgraph is built from a back-walk)."""
-    avail = {i.name for i in m.graph.input} | {t.name for t in m.graph.initializer} | {""}
-    nodes, out = list(m.graph.node), []
-    while nodes:
-        rest = []
-        for n in nodes:
-            if all(i in avail for i in n.input):
-                out.append(n)
-                avail.update(n.output)
-            else:
-                rest.append(n)
-        if len(rest) == len(nodes):
-            break
-        nodes = rest
-    del m.graph.node[:]
-    m.graph.node.extend(out)
-    return m
 
 
 def node_sensitivity(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
@@ -88,9 +69,17 @@ def node_sensitivity(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, feeds: list
     for n in qnodes:
         s = _node_subgraph(qmodel, n)
         if s is not None:
-            subs[n.name] = (_topo(s[0]), s[1], n)
-    wanted = sorted({x for _, x, _ in subs.values()} | {n.output[0] for _, _, n in subs.values()})
-    captured = [run_all_tensors(fp32, f, wanted) | f for f in feeds]
+            subs[n.name] = (toposort(s[0]), s[1], n)
+    fp32_names = {i.name for i in fp32.graph.input} | {o for n in fp32.graph.node for o in n.output}
+
+    def ref(name: str) -> str:
+        # the quantizer renames a graph output X it quantizes to X_QuantizeLinear_Input
+        base = name.removesuffix("_QuantizeLinear_Input")
+        return name if name in fp32_names else base
+
+    wanted = sorted({ref(x) for _, x, _ in subs.values()} | {ref(n.output[0]) for _, _, n in subs.values()})
+    wanted = [w for w in wanted if w in fp32_names]
+    captured = [run_all_tensors(fp32, f, [w for w in wanted if w not in f]) | f for f in feeds]
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -99,10 +88,11 @@ def node_sensitivity(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, feeds: list
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         refs, tests = [], []
         for c in captured:
-            if x not in c or n.output[0] not in c:
+            xi, yo = ref(x), ref(n.output[0])
+            if xi not in c or yo not in c:
                 continue
-            refs.append(c[n.output[0]].ravel())
-            tests.append(sess.run(None, {x: c[x]})[0].ravel())
+            refs.append(c[yo].ravel())
+            tests.append(sess.run(None, {x: c[xi]})[0].ravel())
         if refs:
             rows.append({"node": name, "op": n.op_type, "sqnr_db": round(sqnr_db(np.concatenate(refs), np.concatenate(tests)), 2)})
     rows.sort(key=lambda r: r["sqnr_db"])
@@ -128,7 +118,7 @@ class Mixed(Recipe):
         table = node_sensitivity(ctx.model, base.model, feeds, ops)
         if ctx.calib_drop is None:
             return RecipeOutput(base.model, {"calibrator": cal, "sensitivity": table, "fp32_nodes": []})
-        ranges = calibrated_ranges(ctx, cal)
+        ranges = calibrated_ranges(ctx, cal, ops)
         order = [r["node"] for r in table]
         trials, chosen = [], None
         k_values = [0] + [2**i for i in range(0, 12) if 2**i < len(order)] + [len(order)]

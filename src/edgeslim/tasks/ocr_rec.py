@@ -55,7 +55,7 @@ def ctc_greedy(probs: np.ndarray, charset: Sequence[str]) -> list[str]:
     return out
 
 
-def read_labels(path: Path) -> list[tuple[str, str]]:
+def read_labels(path: Path) -> list[tuple[int, str, str]]:
     """`filename<TAB>text` per line; a bad line is a `DataError` naming file and line."""
     if not path.exists():
         raise DataError(f"{path}: label file not found. An OCR data folder needs labels.tsv with lines 'filename<TAB>text'.")
@@ -72,17 +72,14 @@ def read_labels(path: Path) -> list[tuple[str, str]]:
             raise DataError(
                 f"{path}:{k}: expected 'filename<TAB>text', got {len(parts) - 1} tabs in {line[:60]!r}. Fix that line."
             )
-        rows.append((parts[0].strip(), parts[1]))
+        rows.append((k, parts[0].strip(), parts[1]))
     if not rows:
         raise DataError(f"{path}: no labelled lines. Add lines 'filename<TAB>text'.")
     return rows
 
 
-def load_lines(folder: Path, names: list[tuple[str, str]], label_file: Path) -> list[Line]:
-    out = []
-    for k, (name, text) in enumerate(names, 1):
-        out.append(Line(name, read_image(folder / name, where=f"{label_file} line {k}: "), text))
-    return out
+def load_lines(folder: Path, rows: list[tuple[int, str, str]], label_file: Path) -> list[Line]:
+    return [Line(name, read_image(folder / name, where=f"{label_file}:{k}: "), text) for k, name, text in rows]
 
 
 @register_task("ocr-rec")
@@ -132,8 +129,8 @@ class OcrRecTask(Task):
                 raise DataError(f"{split_file}: expected {{\"calib\": [...], \"eval\": [...]}} ({e}). Fix or delete it.") from None
             if calib_names & set(eval_names):
                 raise DataError(f"{split_file}: {len(calib_names & set(eval_names))} lines are in both calib and eval. Make them disjoint.")
-            calib_rows = [r for r in rows if r[0] in calib_names]
-            eval_rows = [r for r in rows if r[0] in set(eval_names)]
+            calib_rows = [r for r in rows if r[1] in calib_names]
+            eval_rows = [r for r in rows if r[1] in set(eval_names)]
         else:
             n = min(self.calib_size, len(rows) // 2) if len(rows) > 1 else 0
             calib_rows, eval_rows = rows[:n], rows[n:]

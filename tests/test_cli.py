@@ -1,0 +1,77 @@
+"""Bad input: one line naming the file and what to do, exit code 2, no traceback, no partial output folder."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def edgeslim(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "edgeslim", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    err = r.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_not_onnx(tmp_path):
+    f = tmp_path / "model.onnx"
+    f.write_text("not a model")
+    _one_line_error(edgeslim("inspect", f), "model.onnx", "not an ONNX model")
+    out = tmp_path / "out"
+    _one_line_error(edgeslim("optimize", f, "-o", out), "model.onnx")
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_truncated(tmp_path, tiny):
+    f = tmp_path / "cut.onnx"
+    f.write_bytes(tiny.read_bytes()[:300])
+    _one_line_error(edgeslim("bench", f), "cut.onnx")
+
+
+def test_debug_shows_traceback(tmp_path):
+    f = tmp_path / "model.onnx"
+    f.write_text("not a model")
+    r = edgeslim("--debug", "inspect", f)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_shape_rejected(tiny):
+    _one_line_error(edgeslim("bench", tiny, "--shape", "1x4x8x8"), "fixes dim 1 to 3")
+    _one_line_error(edgeslim("inspect", tiny, "--shape", "1xAx8"), "is not a shape")
+
+
+def test_missing_and_empty_data(tmp_path, default_model_path):
+    out = tmp_path / "o"
+    _one_line_error(edgeslim("optimize", "--data", tmp_path / "nope", "-o", out), "nope", "not found")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(edgeslim("optimize", "--data", tmp_path / "empty", "-o", out), "empty")
+    assert not out.exists()
+
+
+def test_unknown_recipe_and_bad_option(tmp_path):
+    out = tmp_path / "o"
+    _one_line_error(edgeslim("optimize", "--recipes", "int9", "-o", out), "unknown recipe 'int9'", "int8")
+    _one_line_error(edgeslim("optimize", "--objective", "speed", "-o", out), "--objective")
+    assert not out.exists()
+
+
+def test_raw_task_with_failing_recipe_is_recorded(tmp_path, tiny):
+    """A recipe that cannot apply becomes a `failed` candidate; the study goes on and selects another."""
+    np.savez(tmp_path / "in.npz", x=np.random.default_rng(0).normal(0, 1, (12, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "o"
+    r = edgeslim("optimize", tiny, "--task", "raw", "--data", tmp_path / "in.npz", "--recipes",
+                 "fp32,int8:calibrator=nope,w8", "--rounds", "2", "-o", out, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    by = {c["id"]: c for c in d["candidates"]}
+    assert by["ort/int8:calibrator=nope"]["status"] == "failed"
+    assert "unknown calibrator 'nope'" in by["ort/int8:calibrator=nope"]["reason"]
+    assert by["ort/fp32"]["status"] == "ok" and d["selected"] in by
+    assert (out / "results.json").exists() and (out / "model.onnx").exists()
