@@ -198,3 +198,25 @@ def test_bad_config_and_params_raise():
     p = init_params(NF, NL, 8)
     with pytest.raises(InvalidParameterError, match="expected"):
         SlideNetwork(n_features=NF, n_labels=NL, config=SlideConfig(hidden=16), params=p)
+
+
+def test_topk_rows_numba_equals_reference_with_ties():
+    rng = np.random.default_rng(0)
+    S = rng.integers(0, 5, size=(40, 300)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(K_.topk_rows(S, 5), R_.topk_rows(S, 5))
+
+
+def test_topk_recall_is_the_share_of_exact_top5_in_the_active_set(data):
+    train, test = data
+    rows = np.arange(60)
+    # one-bit keys and buckets larger than the label set: every table bucket holds about half the
+    # labels, so 12 tables cover nearly everything and recall must be ~1
+    wide = SlideNetwork(n_features=NF, n_labels=NL, config=SlideConfig(
+        hidden=H, max_active=NL, hash=HashConfig(K=1, L=12, bucket_size=NL)))
+    assert wide.topk_recall(test, rows) > 0.99
+    net = _net(max_active=10)
+    top = net.predict_topk(test, rows, 5)
+    acts = net.active_sets(test, rows, with_labels=False)
+    manual = np.mean([len(set(t.tolist()) & set(a.tolist())) / 5 for t, a in zip(top, acts)])
+    assert net.topk_recall(test, rows) == pytest.approx(manual)
+    assert net.topk_recall(test, rows) < 0.9  # a 10-neuron cap cannot cover most top-5s

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["hash_codes", "build_tables", "hidden_forward", "query_active", "batch_grads", "adam_rows"]
+__all__ = ["hash_codes", "build_tables", "hidden_forward", "query_active", "batch_grads", "adam_rows",
+           "topk_rows"]
 
 SIMHASH = 0
 DWTA = 1
@@ -370,3 +371,25 @@ def adam_rows(W, M, V, G, touched, lr, beta1, beta2, eps, step):
             g[j] = 0
         touched[r] = 0
     return idx.shape[0]
+
+
+@njit(cache=True, parallel=True)
+def topk_rows(S, k):
+    n, m = S.shape
+    out = np.empty((n, k), np.int64)
+    for r in prange(n):
+        vals = np.full(k, -np.inf, np.float64)
+        idx = np.full(k, -1, np.int64)
+        row = S[r]
+        for j in range(m):
+            v = row[j]
+            if v > vals[k - 1]:  # strict: an equal later entry never displaces an earlier one
+                p = k - 1
+                while p > 0 and v > vals[p - 1]:
+                    vals[p] = vals[p - 1]
+                    idx[p] = idx[p - 1]
+                    p -= 1
+                vals[p] = v
+                idx[p] = j
+        out[r] = idx
+    return out

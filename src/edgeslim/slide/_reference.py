@@ -22,6 +22,7 @@ __all__ = [
     "query_active",
     "batch_grads",
     "adam_rows",
+    "topk_rows",
 ]
 
 SIMHASH = 0
@@ -257,3 +258,8 @@ def adam_rows(W, M, V, G, touched, lr, beta1, beta2, eps, step):
         touched[r] = 0
         n += 1
     return n
+
+
+def topk_rows(S, k):
+    """Indices of the ``k`` largest entries of each row, largest first, ties to the lower index."""
+    return np.argsort(-S, axis=1, kind="stable")[:, :k].astype(np.int64)

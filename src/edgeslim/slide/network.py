@@ -27,7 +27,8 @@ from ..errors import InvalidParameterError
 from .data import XMCData
 from .hashing import HashConfig, LSHTables, get_backend
 
-__all__ = ["SlideConfig", "SlideNetwork", "init_params", "dense_scores", "precision_at_k"]
+__all__ = ["SlideConfig", "SlideNetwork", "init_params", "dense_scores", "precision_at_k", "topk_labels",
+           "warmup"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +176,14 @@ class SlideNetwork:
         return out
 
 
+    def topk_recall(self, data: XMCData, rows: np.ndarray, k: int = 5) -> float:
+        """LSH recall of the true top-``k`` logits: mean share of each sample's exact top-``k``
+        output neurons that its label-free active set contains."""
+        top = self.predict_topk(data, rows, k, exact=True)
+        acts = self.active_sets(data, rows, with_labels=False)
+        return float(np.mean([np.isin(t, a).mean() for t, a in zip(top, acts)])) if len(acts) else 0.0
+
+
 def dense_scores(params: dict[str, np.ndarray], H: np.ndarray) -> np.ndarray:
     """Full output logits ``H @ W2.T + b2`` (the dense reference the sparse forward must match)."""
     return H @ params["W2"].T + params["b2"]
@@ -189,13 +198,11 @@ def topk_labels(params, data: XMCData, rows: np.ndarray, k: int, *, hidden_fn=No
         hidden_fn = lambda d, r: ref.hidden_forward(  # noqa: E731
             d.x_indptr, d.x_idx, d.x_val, np.ascontiguousarray(r, np.int64),
             np.ascontiguousarray(params["W1"], np.float32), np.ascontiguousarray(params["b1"], np.float32))
+    kern = get_backend("auto")
     out = np.empty((rows.shape[0], k), np.int64)
     for lo in range(0, rows.shape[0], chunk):
         r = rows[lo:lo + chunk]
-        S = dense_scores(params, hidden_fn(data, r))
-        part = np.argpartition(-S, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(S, part, 1), axis=1, kind="stable")
-        out[lo:lo + chunk] = np.take_along_axis(part, order, 1)
+        out[lo:lo + chunk] = kern.topk_rows(dense_scores(params, hidden_fn(data, r)), k)
     return out
 
 
@@ -205,3 +212,17 @@ def precision_at_k(topk: np.ndarray, data: XMCData, rows: np.ndarray, k: int) ->
     for i, r in enumerate(np.asarray(rows, np.int64)):
         hits += np.isin(topk[i, :k], data.labels(int(r))).sum()
     return float(hits) / (k * max(1, len(rows)))
+
+
+def warmup(backend: str = "auto") -> None:
+    """Compile (or load from cache) every kernel on a tiny problem, for both hash families, so
+    JIT compilation never lands inside a timed training run."""
+    from .data import SyntheticConfig, make_synthetic_xmc
+
+    tr, _ = make_synthetic_xmc(SyntheticConfig(n_train=64, n_test=1, n_features=50, n_labels=40))
+    for family in ("simhash", "dwta"):
+        cfg = SlideConfig(hidden=8, max_active=8, backend=backend,
+                          hash=HashConfig(family=family, K=2, L=2, bucket_size=4, bin_size=2))
+        net = SlideNetwork(n_features=50, n_labels=40, config=cfg)
+        net.step(tr, np.arange(32))
+        net.topk_recall(tr, np.arange(4))

@@ -26,7 +26,8 @@ from .hashing import HashConfig
 from .network import SlideConfig, SlideNetwork, init_params, precision_at_k, topk_labels
 
 __all__ = ["Trainer", "TRAINERS", "make_trainer", "FitConfig", "Checkpoint", "FitResult", "fit",
-           "evaluate", "time_to_reach", "SlideTrainer", "FitRun"]
+           "evaluate", "time_to_reach", "SlideTrainer", "FitRun", "fit_interleaved",
+           "plot_p1_vs_time"]
 
 TRAINERS: Registry[Callable[..., "Trainer"]] = Registry("slide trainer")
 
@@ -219,6 +220,38 @@ def fit(trainer: Trainer, train: XMCData, test: XMCData, config: FitConfig,
     while not run.advance():
         pass
     return run.result
+
+
+def fit_interleaved(runs: dict[str, FitRun], slice_s: float = 5.0) -> dict[str, FitResult]:
+    """Advance several runs in alternating slices of ``slice_s`` training seconds until all are
+    done, so that on a shared machine every method trains under the same load."""
+    while not all(r.done for r in runs.values()):
+        for r in runs.values():
+            if not r.done:
+                r.advance(slice_s)
+    return {n: r.result for n, r in runs.items()}
+
+
+def plot_p1_vs_time(results: dict[str, FitResult], path, *, target_p1: float | None = None,
+                    threads: int | None = None) -> None:
+    """Write a PNG of P@1 against training wall-clock, one line per method (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=90)
+    for n, r in results.items():
+        ax.plot([c.train_s for c in r.history], [c.p1 for c in r.history], marker="o", ms=3, label=n)
+    if target_p1 is not None:
+        ax.axhline(target_p1, color="grey", ls="--", lw=1, label="dense final P@1 - 1 pt")
+    ax.set_xlabel("training wall-clock (s)" + (f", {threads} threads" if threads else ""))
+    ax.set_ylabel("P@1 (test)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def time_to_reach(history: list[Checkpoint], target_p1: float) -> float | None:
