@@ -47,15 +47,34 @@ def test_pack_numba_matches_reference_any_axis(path):
     assert ref.pack_bits(np.array([1.0, -1.0, -0.5, 0.0]))[0] == 6
 
 
+ENGINES = ["lut", "popcount"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 5, 63), (13, 9, 64), (33, 17, 65), (20, 70, 200)])
-def test_gemm_exact(m, n, k, path):
+def test_gemm_exact(m, n, k, path, engine):
     rng = np.random.default_rng(m * 1000 + k)
     a = _pm1(rng, (m, k))
     b = _pm1(rng, (k, n))
     expect = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
     ap, bp = nbk.pack_bits(a, axis=1), nbk.pack_bits(b, axis=0)
     np.testing.assert_array_equal(ref.binary_gemm(ap, bp, k), expect)
-    np.testing.assert_array_equal(nbk.binary_gemm(ap, bp, k), expect)
+    np.testing.assert_array_equal(nbk.binary_gemm(ap, bp, k, engine), expect)
+    prepared = nbk.prepare_weights(bp.reshape(1, 1, *bp.shape))
+    np.testing.assert_array_equal(nbk.binary_gemm(ap, prepared, k, engine), expect)
+    np.testing.assert_array_equal(ref.binary_gemm(ap, prepared, k), expect)
+
+
+def test_lut_engine_guards_uint16_range():
+    rng = np.random.default_rng(3)
+    k = 66000  # more +-1 products than a uint16 count holds
+    a = nbk.pack_bits(_pm1(rng, (2, k)), axis=1)
+    b = nbk.pack_bits(_pm1(rng, (k, 3)), axis=0)
+    with pytest.raises(EdgeslimError, match="popcount"):
+        nbk.binary_gemm(a, b, k, engine="lut")
+    np.testing.assert_array_equal(nbk.binary_gemm(a, b, k), ref.binary_gemm(a, b, k))  # auto falls back
+    with pytest.raises(EdgeslimError):
+        nbk.binary_gemm(a, b, k, engine="fast")
 
 
 def _torch_like_conv(x, w, stride, pad):
@@ -84,8 +103,9 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
-def test_conv_exact(case, path):
+def test_conv_exact(case, path, engine):
     b, h, wd, c, o, k, s, p = case
     rng = np.random.default_rng(sum(case))
     x = _pm1(rng, (b, h, wd, c))
@@ -94,11 +114,13 @@ def test_conv_exact(case, path):
     xp, wp = nbk.pack_bits(x), nbk.pack_conv_weight(w)
     assert wp.shape == (k, k, (c + 63) // 64, o)
     np.testing.assert_array_equal(ref.binary_conv2d(xp, wp, c, s, p), expect)
-    np.testing.assert_array_equal(nbk.binary_conv2d(xp, wp, c, s, p), expect)
+    np.testing.assert_array_equal(nbk.binary_conv2d(xp, wp, c, s, p, engine=engine), expect)
+    np.testing.assert_array_equal(nbk.binary_conv2d(xp, nbk.prepare_weights(wp), c, s, p, engine=engine), expect)
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("case", CONV_CASES[:4], ids=lambda c: "x".join(map(str, c)))
-def test_conv_fused_threshold_exact(case, path):
+def test_conv_fused_threshold_exact(case, path, engine):
     b, h, wd, c, o, k, s, p = case
     rng = np.random.default_rng(7 + sum(case))
     x = _pm1(rng, (b, h, wd, c))
@@ -111,7 +133,7 @@ def test_conv_fused_threshold_exact(case, path):
     thr, sgn = ref.bn_to_threshold(scale, shift)
     xp, wp = nbk.pack_bits(x), nbk.pack_conv_weight(w)
     got_ref = ref.binary_conv2d_packed(xp, wp, c, thr, sgn, s, p)
-    got_nb = nbk.binary_conv2d_packed(xp, wp, c, thr, sgn, s, p)
+    got_nb = nbk.binary_conv2d_packed(xp, nbk.prepare_weights(wp), c, thr, sgn, s, p, engine=engine)
     np.testing.assert_array_equal(got_nb, got_ref)
     # away from exact ties the fused test equals sign(scale * dot + shift)
     decided = np.abs(y) > 1e-9

@@ -1,12 +1,25 @@
 """Bit-packed binary (+-1) GEMM and convolution kernels in numba.
 
 Same signatures and results as the NumPy reference :mod:`edgeslim.kernels.binary_ref`
-(see it for the packing convention). The inner loop of every kernel is, for one input
-word ``x`` and a contiguous row of filter words, ``acc[o] += popcount(x ^ w[o])``: weights
-are laid out with output channels innermost (``[KH, KW, Cw, O]`` for conv, ``[Kw, N]`` for
-GEMM) so LLVM vectorizes over filters (AVX2 ``vpshufb`` popcount; ``vpopcntq`` where the CPU
-has AVX-512 VPOPCNTDQ). Work is split over output rows with ``prange``; each thread keeps
-one accumulator row.
+(see it for the packing convention): ``dot = K - 2 * popcount(x XOR w)``. Two engines:
+
+- ``popcount``: for one input word ``x`` and a contiguous row of filter words,
+  ``acc[o] += popcount(x ^ w[o])``; weights are laid out with output channels innermost
+  (``[KH, KW, Cw, O]``, ``[Kw, N]``) so LLVM vectorizes over filters (AVX2 ``vpshufb``
+  popcount, ``vpopcntq`` where the CPU has AVX-512 VPOPCNTDQ). About 9 vector ops per 4 word
+  pairs on AVX2.
+- ``lut`` (default where it applies): ``popcount(x ^ w)`` summed nibble by nibble from a table
+  ``T[nibble position, nibble value, filter] = popcount(value ^ w_nibble)`` built once per weight
+  (:func:`prepare_weights`). For each of the 16 nibbles of an input word one row of 64 uint8
+  counts is added with two ``vpaddb`` from memory, i.e. 0.5 vector ops per word pair; the
+  accumulators stay in registers because the inner word step is emitted as LLVM IR with
+  vector types (:func:`_lut_word`). Loops run (filter group, tap, word) outermost so each
+  16 KiB table slice stays in L1 while it sweeps a block of output pixels. The table costs
+  as much memory as fp32 weights at run time; the stored model keeps the 32x smaller packed
+  weights. Counts are kept in uint16, so it applies while ``KH * KW * C <= 65535``.
+
+Work is split over blocks of output rows with ``prange``; small problems run on the calling
+thread.
 
 References
 ----------
@@ -17,14 +30,17 @@ References
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from . import binary_ref as _ref
 from .binary_ref import WORD_BITS, bn_to_threshold, n_words, pack_conv_weight
-from ..errors import ShapeError
+from ..errors import InvalidParameterError, ShapeError
 
 __all__ = [
     "WORD_BITS",
@@ -37,6 +53,9 @@ __all__ = [
     "binary_conv2d",
     "binary_conv2d_packed",
     "popcount_instruction",
+    "PreparedWeights",
+    "prepare_weights",
+    "ENGINES",
 ]
 
 _JIT = dict(nogil=True, fastmath=True, cache=True)
@@ -130,23 +149,6 @@ def _gemm(a, b, k, out, nchunk):
 _gemm_serial = _serial(_gemm)
 
 
-def binary_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int) -> np.ndarray:
-    """``A @ B`` for +-1 matrices packed along K: ``a [M, Kw]``, ``b [Kw, N]`` -> int32 ``[M, N]``.
-
-    >>> a = pack_bits(np.array([[1.0, -1.0, 1.0]]))
-    >>> b = pack_bits(np.array([[1.0], [-1.0], [-1.0]]), axis=0)
-    >>> binary_gemm(a, b, 3)
-    array([[1]], dtype=int32)
-    """
-    _ref._check_gemm(a_packed, b_packed, k)
-    a = np.ascontiguousarray(a_packed)
-    b = np.ascontiguousarray(b_packed)
-    out = np.empty((a.shape[0], b.shape[1]), dtype=np.int32)
-    kern = _gemm if a.shape[0] * a.shape[1] * b.shape[1] >= SERIAL_BELOW else _gemm_serial
-    kern(a, b, np.int64(k), out, _chunks(a.shape[0]))
-    return out
-
-
 # ----------------------------------------------------------------------------- conv
 @njit(inline="always", **_JIT)
 def _pixel(x, w, bi, oy, ox, stride, pad, acc):
@@ -216,14 +218,242 @@ _conv_serial = _serial(_conv)
 _conv_packed_serial = _serial(_conv_packed)
 
 
-def binary_conv2d(x_packed: np.ndarray, w_packed: np.ndarray, c: int, stride: int = 1, padding: int = 1) -> np.ndarray:
+# ----------------------------------------------------------------------------- LUT engine
+_ROW = 64  # filters per table row (one cache line of uint8 counts)
+
+
+@intrinsic
+def _lut_word(typingctx, xv, taddr, accaddr):
+    """``acc[0:64] (uint16) += sum_j T[j, nibble_j(xv), 0:64] (uint8)`` for one input word.
+
+    Emitted as LLVM IR on ``<32 x i8>`` vectors so the two running sums stay in registers
+    (numba has no vector types); ``T`` is one 16 KiB slice ``[16 positions, 16 values, 64]``.
+    """
+    sig = types.void(types.uint64, types.uintp, types.uintp)
+
+    def codegen(context, builder, signature, args):
+        xv, taddr, accaddr = args
+        i8, i16, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(64)
+        v8, v16 = ir.VectorType(i8, 32), ir.VectorType(i16, 32)
+        tp = builder.inttoptr(taddr, i8.as_pointer())
+        sums = [ir.Constant(v8, [0] * 32), ir.Constant(v8, [0] * 32)]
+        for j in range(16):
+            nib = builder.and_(builder.lshr(xv, ir.Constant(i64, 4 * j)), ir.Constant(i64, 15))
+            off = builder.shl(builder.add(nib, ir.Constant(i64, 16 * j)), ir.Constant(i64, 6))
+            row = builder.bitcast(builder.gep(tp, [off]), v8.as_pointer())
+            for h in range(2):
+                val = builder.load(builder.gep(row, [ir.Constant(i64, h)]), align=1)
+                sums[h] = builder.add(sums[h], val)
+        ap = builder.inttoptr(accaddr, v16.as_pointer())
+        for h in range(2):
+            ptr = builder.gep(ap, [ir.Constant(i64, h)])
+            builder.store(builder.add(builder.load(ptr, align=2), builder.zext(sums[h], v16)), ptr, align=2)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_POPCOUNT4 = np.array([bin(i).count("1") for i in range(16)], dtype=np.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedWeights:
+    """Packed conv weights ``[KH, KW, Cw, O]`` plus their nibble table for the ``lut`` engine.
+
+    ``lut`` is ``uint8 [ceil(O/64), KH*KW*Cw, 16 positions, 16 values, 64 filters]``; build it once
+    with :func:`prepare_weights` and pass this object wherever packed weights are accepted.
+    """
+
+    w_packed: np.ndarray
+    lut: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.w_packed.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.w_packed.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.w_packed.ndim
+
+
+def prepare_weights(w_packed: np.ndarray) -> PreparedWeights:
+    """Build the ``lut`` engine's table for packed conv weights ``[KH, KW, Cw, O]``
+    (for GEMM weights ``[Kw, N]`` pass ``b.reshape(1, 1, Kw, N)``)."""
+    if isinstance(w_packed, PreparedWeights):
+        return w_packed
+    w_packed = np.ascontiguousarray(w_packed)
+    if w_packed.dtype != np.uint64 or w_packed.ndim != 4:
+        raise ShapeError(f"prepare_weights needs uint64 packed weights [KH, KW, Cw, O]; got {w_packed.dtype} {w_packed.shape}.")
+    kh, kw, cw, o = w_packed.shape
+    groups = (o + _ROW - 1) // _ROW
+    w = np.zeros((kh * kw * cw, groups * _ROW), dtype=np.uint64)
+    w[:, :o] = w_packed.reshape(kh * kw * cw, o)
+    lut = np.empty((kh * kw * cw, 16, 16, groups * _ROW), dtype=np.uint8)
+    values = np.arange(16, dtype=np.uint64)[:, None, None]
+    for j in range(16):
+        nib = (w >> np.uint64(4 * j)) & np.uint64(15)  # [words, O]
+        lut[:, j] = _POPCOUNT4[(values ^ nib[None]).astype(np.intp)].transpose(1, 0, 2)
+    # padded filters are never read back; zero them so the table is deterministic
+    lut[..., o:] = 0
+    lut = np.ascontiguousarray(lut.reshape(kh * kw * cw, 16, 16, groups, _ROW).transpose(3, 0, 1, 2, 4))
+    return PreparedWeights(w_packed=w_packed, lut=lut)
+
+
+@njit(inline="always", **_JIT)
+def _lut_accumulate(x, lut, kh, kw, stride, pad, ho, wo, r0, r1, acc):
+    """acc[p, o] = sum over valid taps of popcount(x ^ w) for output rows r0..r1 (flattened b*ho)."""
+    h, wd, cw = x.shape[1], x.shape[2], x.shape[3]
+    groups = lut.shape[0]
+    tbase = lut.ctypes.data
+    abase = acc.ctypes.data
+    o64 = groups * 64
+    acc[:, :] = 0
+    for g in range(groups):
+        for t in range(kh * kw):
+            dy = t // kw
+            dx = t - dy * kw
+            # output columns whose input column is inside the image for this tap
+            ox0 = max(0, (pad - dx + stride - 1) // stride)
+            ox1 = min(wo, (wd - 1 + pad - dx) // stride + 1)
+            for q in range(cw):
+                tb = tbase + ((g * kh * kw * cw + t * cw + q) * 256) * 64
+                for r in range(r0, r1):
+                    bi = r // ho
+                    oy = r - bi * ho
+                    iy = oy * stride - pad + dy
+                    if iy < 0 or iy >= h:
+                        continue
+                    pbase = abase + (((r - r0) * wo) * o64 + g * 64) * 2
+                    for ox in range(ox0, ox1):
+                        _lut_word(x[bi, iy, ox * stride - pad + dx, q], tb, pbase + ox * o64 * 2)
+
+
+@njit(inline="always", **_JIT)
+def _valid_taps(n, k, stride, pad, o):
+    lo = o * stride - pad
+    return min(n, lo + k) - max(0, lo)
+
+
+@njit(parallel=True, **_JIT)
+def _lut_conv(x, lut, kh, kw, c, stride, pad, out, rows_per_chunk):
+    b_n, ho, wo, o_n = out.shape
+    h, wd = x.shape[1], x.shape[2]
+    rows = b_n * ho
+    nchunk = (rows + rows_per_chunk - 1) // rows_per_chunk
+    o64 = lut.shape[0] * 64
+    for ch in prange(nchunk):
+        r0 = ch * rows_per_chunk
+        r1 = min(rows, r0 + rows_per_chunk)
+        acc = np.empty(((r1 - r0) * wo, o64), dtype=np.uint16)
+        _lut_accumulate(x, lut, kh, kw, stride, pad, ho, wo, r0, r1, acc)
+        for r in range(r0, r1):
+            bi = r // ho
+            oy = r - bi * ho
+            ny = _valid_taps(h, kh, stride, pad, oy)
+            for ox in range(wo):
+                full = ny * _valid_taps(wd, kw, stride, pad, ox) * c
+                p = (r - r0) * wo + ox
+                for o in range(o_n):
+                    out[bi, oy, ox, o] = full - 2 * np.int32(acc[p, o])
+
+
+@njit(parallel=True, **_JIT)
+def _lut_conv_packed(x, lut, kh, kw, c, thr, sgn, stride, pad, out, o_n, rows_per_chunk):
+    b_n, ho, wo, ow = out.shape
+    h, wd = x.shape[1], x.shape[2]
+    rows = b_n * ho
+    nchunk = (rows + rows_per_chunk - 1) // rows_per_chunk
+    o64 = lut.shape[0] * 64
+    for ch in prange(nchunk):
+        r0 = ch * rows_per_chunk
+        r1 = min(rows, r0 + rows_per_chunk)
+        acc = np.empty(((r1 - r0) * wo, o64), dtype=np.uint16)
+        _lut_accumulate(x, lut, kh, kw, stride, pad, ho, wo, r0, r1, acc)
+        for r in range(r0, r1):
+            bi = r // ho
+            oy = r - bi * ho
+            ny = _valid_taps(h, kh, stride, pad, oy)
+            for ox in range(wo):
+                full = ny * _valid_taps(wd, kw, stride, pad, ox) * c
+                p = (r - r0) * wo + ox
+                for j in range(ow):
+                    word = np.uint64(0)
+                    for o in range(j * 64, min(o_n, (j + 1) * 64)):
+                        dot = np.float64(full - 2 * np.int64(acc[p, o]))
+                        if sgn[o] * dot < sgn[o] * thr[o]:
+                            word |= np.uint64(1) << np.uint64(o - j * 64)
+                    out[bi, oy, ox, j] = word
+
+
+_lut_conv_serial = _serial(_lut_conv)
+_lut_conv_packed_serial = _serial(_lut_conv_packed)
+
+ENGINES = ("auto", "lut", "popcount")
+
+
+def _rows_per_chunk(rows: int, wo: int) -> int:
+    # about 64 output pixels per block: its uint16 accumulators (8 KiB per filter group) stay
+    # in L1 next to the 16 KiB table slice; enough blocks to balance the threads
+    return max(1, min(max(1, 64 // max(1, wo)), (rows + 2 * numba.get_num_threads() - 1) // (2 * numba.get_num_threads())))
+
+
+def _engine(engine: str, taps: int, c: int) -> str:
+    if engine not in ENGINES:
+        raise InvalidParameterError(f"engine={engine!r} is not one of {ENGINES}.")
+    lut_ok = taps * c <= 65535
+    if engine == "lut" and not lut_ok:
+        raise InvalidParameterError(f"the lut engine counts in uint16; KH*KW*C = {taps * c} > 65535. "
+                                    "Use engine='popcount'.")
+    if engine == "auto":
+        return "lut" if lut_ok else "popcount"
+    return engine
+
+
+def binary_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int, engine: str = "auto") -> np.ndarray:
+    """``A @ B`` for +-1 matrices packed along K: ``a [M, Kw]``, ``b [Kw, N]`` -> int32 ``[M, N]``.
+
+    ``b_packed`` may be a :class:`PreparedWeights` of ``b.reshape(1, 1, Kw, N)``.
+
+    >>> a = pack_bits(np.array([[1.0, -1.0, 1.0]]))
+    >>> b = pack_bits(np.array([[1.0], [-1.0], [-1.0]]), axis=0)
+    >>> binary_gemm(a, b, 3)
+    array([[1]], dtype=int32)
+    """
+    prepared = b_packed if isinstance(b_packed, PreparedWeights) else None
+    b_arr = prepared.w_packed.reshape(prepared.shape[2], prepared.shape[3]) if prepared is not None else b_packed
+    _ref._check_gemm(a_packed, b_arr, k)
+    a = np.ascontiguousarray(a_packed)
+    if _engine(engine, 1, k) == "lut":
+        w = prepared if prepared is not None else prepare_weights(np.ascontiguousarray(b_arr).reshape(1, 1, *b_arr.shape))
+        return binary_conv2d(a.reshape(1, a.shape[0], 1, a.shape[1]), w, k, 1, 0, engine="lut").reshape(a.shape[0], -1)
+    b = np.ascontiguousarray(b_arr)
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.int32)
+    kern = _gemm if a.shape[0] * a.shape[1] * b.shape[1] >= SERIAL_BELOW else _gemm_serial
+    kern(a, b, np.int64(k), out, _chunks(a.shape[0]))
+    return out
+
+
+def binary_conv2d(x_packed: np.ndarray, w_packed: np.ndarray, c: int, stride: int = 1, padding: int = 1,
+                  engine: str = "auto") -> np.ndarray:
     """Binary convolution of packed NHWC activations ``[B, H, W, Cw]`` with packed weights
-    ``[KH, KW, Cw, O]`` (zero padding, corrected); returns the int32 dot ``[B, Ho, Wo, O]``."""
+    ``[KH, KW, Cw, O]`` (or their :class:`PreparedWeights`), zero padding corrected; returns
+    the int32 dot ``[B, Ho, Wo, O]``."""
     ho, wo = _ref._check_conv(x_packed, w_packed, c, stride, padding)
     x = np.ascontiguousarray(x_packed)
-    w = np.ascontiguousarray(w_packed)
-    out = np.empty((x.shape[0], ho, wo, w.shape[3]), dtype=np.int32)
-    kern = _conv if out.size * w.shape[0] * w.shape[1] * w.shape[2] >= SERIAL_BELOW else _conv_serial
+    kh, kw, cw, o_n = w_packed.shape
+    out = np.empty((x.shape[0], ho, wo, o_n), dtype=np.int32)
+    parallel = out.size * kh * kw * cw >= SERIAL_BELOW
+    if _engine(engine, kh * kw, c) == "lut":
+        lut = prepare_weights(w_packed).lut
+        kern = _lut_conv if parallel else _lut_conv_serial
+        kern(x, lut, kh, kw, np.int64(c), np.int64(stride), np.int64(padding), out, _rows_per_chunk(x.shape[0] * ho, wo))
+        return out
+    w = np.ascontiguousarray(w_packed.w_packed if isinstance(w_packed, PreparedWeights) else w_packed)
+    kern = _conv if parallel else _conv_serial
     kern(x, w, np.int64(c), np.int64(stride), np.int64(padding), out, _chunks(x.shape[0] * ho))
     return out
 
@@ -236,20 +466,27 @@ def binary_conv2d_packed(
     sgn: np.ndarray,
     stride: int = 1,
     padding: int = 1,
+    engine: str = "auto",
 ) -> np.ndarray:
     """:func:`binary_conv2d` fused with the threshold from :func:`bn_to_threshold`, writing
     the packed input of the next binary layer ``[B, Ho, Wo, ceil(O/64)]``."""
     ho, wo = _ref._check_conv(x_packed, w_packed, c, stride, padding)
-    o_n = w_packed.shape[3]
+    kh, kw, cw, o_n = w_packed.shape
     thr = np.ascontiguousarray(thr, dtype=np.float64)
     sgn = np.ascontiguousarray(sgn, dtype=np.float64)
     if thr.shape != (o_n,) or sgn.shape != (o_n,):
         raise ShapeError(f"thr and sgn must have one entry per output channel ({o_n}); got {thr.shape}, {sgn.shape}.")
     x = np.ascontiguousarray(x_packed)
-    w = np.ascontiguousarray(w_packed)
     out = np.empty((x.shape[0], ho, wo, n_words(o_n)), dtype=np.uint64)
-    work = x.shape[0] * ho * wo * o_n * w.shape[0] * w.shape[1] * w.shape[2]
-    kern = _conv_packed if work >= SERIAL_BELOW else _conv_packed_serial
+    parallel = x.shape[0] * ho * wo * o_n * kh * kw * cw >= SERIAL_BELOW
+    if _engine(engine, kh * kw, c) == "lut":
+        lut = prepare_weights(w_packed).lut
+        kern = _lut_conv_packed if parallel else _lut_conv_packed_serial
+        kern(x, lut, kh, kw, np.int64(c), thr, sgn, np.int64(stride), np.int64(padding), out, np.int64(o_n),
+             _rows_per_chunk(x.shape[0] * ho, wo))
+        return out
+    w = np.ascontiguousarray(w_packed.w_packed if isinstance(w_packed, PreparedWeights) else w_packed)
+    kern = _conv_packed if parallel else _conv_packed_serial
     kern(x, w, np.int64(c), thr, sgn, np.int64(stride), np.int64(padding), out, _chunks(x.shape[0] * ho))
     return out
 

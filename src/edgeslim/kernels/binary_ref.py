@@ -135,9 +135,24 @@ def _check_gemm(a: np.ndarray, b: np.ndarray, k: int) -> None:
         raise ShapeError(f"k={k} bits need {n_words(k)} words; the inputs have {a.shape[1]}.")
 
 
-def binary_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int) -> np.ndarray:
+def _weights(w):
+    """Unwrap prepared weights (:class:`edgeslim.kernels.binary.PreparedWeights`) to the packed array."""
+    return getattr(w, "w_packed", w)
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ("auto", "lut", "popcount"):
+        raise InvalidParameterError(f"engine={engine!r} is not one of ('auto', 'lut', 'popcount').")
+
+
+def binary_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int, engine: str = "auto") -> np.ndarray:
     """``A @ B`` for +-1 matrices ``A [M, K]`` packed along K (``[M, Kw]``) and ``B [K, N]``
-    packed along K (``[Kw, N]``); returns int32 ``[M, N]``."""
+    packed along K (``[Kw, N]``); returns int32 ``[M, N]``. ``engine`` is accepted for
+    signature parity with the numba kernels; the reference has one."""
+    _check_engine(engine)
+    b_packed = _weights(b_packed)
+    if b_packed.ndim == 4:
+        b_packed = b_packed.reshape(b_packed.shape[2], b_packed.shape[3])
     _check_gemm(a_packed, b_packed, k)
     a = unpack_bits(a_packed, k, axis=1).astype(np.float64)
     b = unpack_bits(b_packed, k, axis=0).astype(np.float64)
@@ -160,9 +175,12 @@ def _check_conv(x: np.ndarray, w: np.ndarray, c: int, stride: int, padding: int)
     return ho, wo
 
 
-def binary_conv2d(x_packed: np.ndarray, w_packed: np.ndarray, c: int, stride: int = 1, padding: int = 1) -> np.ndarray:
+def binary_conv2d(x_packed: np.ndarray, w_packed: np.ndarray, c: int, stride: int = 1, padding: int = 1,
+                  engine: str = "auto") -> np.ndarray:
     """Convolve packed +-1 activations ``[B, H, W, Cw]`` (NHWC, packed along C) with packed
     weights ``[KH, KW, Cw, O]`` under zero padding; returns the int32 dot ``[B, Ho, Wo, O]``."""
+    _check_engine(engine)
+    w_packed = _weights(w_packed)
     ho, wo = _check_conv(x_packed, w_packed, c, stride, padding)
     kh, kw = w_packed.shape[:2]
     x = unpack_bits(x_packed, c, axis=3).astype(np.float64)
@@ -184,10 +202,12 @@ def binary_conv2d_packed(
     sgn: np.ndarray,
     stride: int = 1,
     padding: int = 1,
+    engine: str = "auto",
 ) -> np.ndarray:
     """:func:`binary_conv2d` fused with the per-channel threshold of :func:`bn_to_threshold`;
     returns the next layer's packed input ``[B, Ho, Wo, Ow]``."""
-    dot = binary_conv2d(x_packed, w_packed, c, stride, padding).astype(np.float64)
+    w_packed = _weights(w_packed)
+    dot = binary_conv2d(x_packed, w_packed, c, stride, padding, engine).astype(np.float64)
     o = w_packed.shape[3]
     thr = np.asarray(thr, dtype=np.float64)
     sgn = np.asarray(sgn).astype(np.float64)
