@@ -146,6 +146,9 @@ class EntropyCalibrator(Calibrator):
     def range(self, name: str) -> tuple[float, float]:
         h = self._hist(name)
         p_full = _abs_hist(h)
+        # Exact zeros (zero padding, ReLU) pile into the first bin; that spike tells nothing about where to clip
+        # and drags KL toward tiny thresholds, so it is left out of the divergence.
+        p_full[0] = 0.0
         nb, q = len(p_full), self.levels
         width = h.amax / nb
         best_t, best_kl = nb, np.inf

@@ -33,30 +33,37 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return 10.0 * np.log10(max(signal, 1e-30) / noise)
 
 
-def _node_subgraph(qmodel: onnx.ModelProto, node: onnx.NodeProto) -> tuple[onnx.ModelProto, str] | None:
-    """The QDQ node with its Q->DQ on the activation input and DQ on weights, as a one-input model."""
+def _node_subgraph(qmodel: onnx.ModelProto, node: onnx.NodeProto) -> tuple[onnx.ModelProto, list[str]] | None:
+    """The QDQ node with the Q->DQ pairs on its activation inputs and the DQ on its weights, as a small model
+    whose inputs are the float tensors before those Q nodes."""
     from onnx import helper
 
     prod = {o: n for n in qmodel.graph.node for o in n.output}
-    dq = prod.get(node.input[0])
-    if dq is None or dq.op_type != "DequantizeLinear":
+    init = {t.name for t in qmodel.graph.initializer}
+    needed, inputs = [], []
+    for i in node.input:
+        if not i or i in init:
+            continue
+        dq = prod.get(i)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        if dq.input[0] in init:  # a quantized weight or bias
+            needed.append(dq)
+            continue
+        q = prod.get(dq.input[0])
+        if q is None or q.op_type != "QuantizeLinear":
+            return None
+        needed += [q, dq]
+        inputs.append(q.input[0])
+    if not inputs:
         return None
-    q = prod.get(dq.input[0])
-    if q is None or q.op_type != "QuantizeLinear":
-        return None
-    x = q.input[0]
-    needed, stack = [node], [i for i in node.input[1:] if i in prod]
-    needed += [q, dq]
-    while stack:
-        n = prod[stack.pop()]
-        needed.append(n)
-        stack += [i for i in n.input if i in prod]
+    needed.append(node)
     names = {i for n in needed for i in n.input}
     inits = [t for t in qmodel.graph.initializer if t.name in names]
-    g = helper.make_graph(needed, "node", [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)],
+    g = helper.make_graph(needed, "node", [helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None) for x in dict.fromkeys(inputs)],
                           [helper.make_empty_tensor_value_info(node.output[0])], inits)
     m = helper.make_model(g, opset_imports=qmodel.opset_import, ir_version=qmodel.ir_version)
-    return m, x
+    return m, list(dict.fromkeys(inputs))
 
 
 def node_sensitivity(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, feeds: list[dict[str, np.ndarray]],
@@ -77,24 +84,24 @@ def node_sensitivity(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, feeds: list
         base = name.removesuffix("_QuantizeLinear_Input")
         return name if name in fp32_names else base
 
-    wanted = sorted({ref(x) for _, x, _ in subs.values()} | {ref(n.output[0]) for _, _, n in subs.values()})
+    wanted = sorted({ref(x) for _, xs, _ in subs.values() for x in xs} | {ref(n.output[0]) for _, _, n in subs.values()})
     wanted = [w for w in wanted if w in fp32_names]
     captured = [run_all_tensors(fp32, f, [w for w in wanted if w not in f]) | f for f in feeds]
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     rows = []
-    for name, (m, x, n) in subs.items():
+    for name, (m, xs, n) in subs.items():
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         refs, tests = [], []
         for c in captured:
-            xi, yo = ref(x), ref(n.output[0])
-            if xi not in c or yo not in c:
+            yo = ref(n.output[0])
+            if yo not in c or any(ref(x) not in c for x in xs):
                 continue
             refs.append(c[yo].ravel())
-            tests.append(sess.run(None, {x: c[xi]})[0].ravel())
+            tests.append(sess.run(None, {x: c[ref(x)] for x in xs})[0].ravel())
         if refs:
-            rows.append({"node": name, "op": n.op_type, "sqnr_db": round(sqnr_db(np.concatenate(refs), np.concatenate(tests)), 2)})
+            rows.append({"node": name, "op": n.op_type, "sqnr_db": round(float(sqnr_db(np.concatenate(refs), np.concatenate(tests))), 2)})
     rows.sort(key=lambda r: r["sqnr_db"])
     return rows
 

@@ -41,6 +41,8 @@ __all__ = [
     "PackedBlock",
     "PackedBNN",
     "export_packed",
+    "save_packed",
+    "load_packed",
 ]
 
 
@@ -284,7 +286,15 @@ class PackedBNN:
     blocks: tuple[PackedBlock, ...]
     fc_w: np.ndarray
     fc_b: np.ndarray
-    _thresholds: tuple = field(default=(), repr=False)
+    _thresholds: tuple = field(default=(), init=False, repr=False)
+    _weights: tuple = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from ..kernels import binary as bk
+
+        # run-time forms: fused BN+sign thresholds and the lut engine's tables (built once)
+        object.__setattr__(self, "_thresholds", tuple(bk.bn_to_threshold(b.scale, b.shift) for b in self.blocks))
+        object.__setattr__(self, "_weights", tuple(bk.prepare_weights(b.w_packed) for b in self.blocks))
 
     def weight_bytes(self) -> int:
         """Bytes of all weights (packed binary layers + real stem/classifier)."""
@@ -314,12 +324,12 @@ class PackedBNN:
                     packed = bk.pack_bits(h)
                 if i < n - 1:
                     thr, sgn = self._thresholds[i]
-                    packed = bk.binary_conv2d_packed(packed, blk.w_packed, blk.cin, thr, sgn, blk.stride, 1)
+                    packed = bk.binary_conv2d_packed(packed, self._weights[i], blk.cin, thr, sgn, blk.stride, 1)
                 else:
-                    dot = bk.binary_conv2d(packed, blk.w_packed, blk.cin, blk.stride, 1)
+                    dot = bk.binary_conv2d(packed, self._weights[i], blk.cin, blk.stride, 1)
                     h = dot * blk.scale + blk.shift
             else:
-                dot = bk.binary_conv2d(bk.pack_bits(h - blk.beta), blk.w_packed, blk.cin, blk.stride, 1)
+                dot = bk.binary_conv2d(bk.pack_bits(h - blk.beta), self._weights[i], blk.cin, blk.stride, 1)
                 y = dot * blk.scale + blk.shift
                 y = y + _np_shortcut(h, blk.stride, blk.cout)
                 gamma, slope, zeta = blk.rprelu
@@ -356,7 +366,7 @@ def export_packed(model: MnistBNN) -> PackedBNN:
                               "weights=True) and finish training before export_packed.")
     s_scale, s_shift = _fold_bn(model.stem_bn)
     stem_w = (model.stem.weight.detach().double().numpy() * s_scale[:, None, None, None]).astype(np.float32)
-    blocks, thresholds = [], []
+    blocks = []
     for blk in model.blocks:
         conv = blk.conv
         w = conv.weight.detach().double()
@@ -373,7 +383,6 @@ def export_packed(model: MnistBNN) -> PackedBNN:
         pb = PackedBlock(w_packed=bk.pack_conv_weight(w.numpy()), cin=blk.cin, cout=blk.cout, stride=blk.stride,
                          scale=bn_scale * alpha, shift=bn_shift, **kw)
         blocks.append(pb)
-        thresholds.append(bk.bn_to_threshold(pb.scale, pb.shift))
     return PackedBNN(
         kind=model.kind,
         stem_w=stem_w,
@@ -381,5 +390,37 @@ def export_packed(model: MnistBNN) -> PackedBNN:
         blocks=tuple(blocks),
         fc_w=model.fc.weight.detach().numpy().astype(np.float32),
         fc_b=model.fc.bias.detach().numpy().astype(np.float32),
-        _thresholds=tuple(thresholds),
     )
+
+
+def save_packed(packed: PackedBNN, path) -> None:
+    """Write a :class:`PackedBNN` to one ``.npz`` file (packed weights, folded BN, real stem/head)."""
+    arrays = {"kind": np.array(packed.kind), "stem_w": packed.stem_w, "stem_b": packed.stem_b,
+              "fc_w": packed.fc_w, "fc_b": packed.fc_b, "n_blocks": np.array(len(packed.blocks))}
+    for i, b in enumerate(packed.blocks):
+        arrays.update({f"b{i}_w": b.w_packed, f"b{i}_meta": np.array([b.cin, b.cout, b.stride, int(b.shortcut)]),
+                       f"b{i}_scale": b.scale, f"b{i}_shift": b.shift})
+        if b.beta is not None:
+            arrays[f"b{i}_beta"] = b.beta
+        if b.rprelu is not None:
+            arrays[f"b{i}_rprelu"] = np.stack(b.rprelu)
+    np.savez(path, **arrays)
+
+
+def load_packed(path) -> PackedBNN:
+    """Read a file written by :func:`save_packed`."""
+    from ..errors import ModelLoadError
+
+    try:
+        z = np.load(path, allow_pickle=False)
+        blocks = []
+        for i in range(int(z["n_blocks"])):
+            cin, cout, stride, shortcut = (int(v) for v in z[f"b{i}_meta"])
+            rp = z[f"b{i}_rprelu"] if f"b{i}_rprelu" in z else None
+            blocks.append(PackedBlock(w_packed=z[f"b{i}_w"], cin=cin, cout=cout, stride=stride, scale=z[f"b{i}_scale"],
+                                      shift=z[f"b{i}_shift"], beta=z[f"b{i}_beta"] if f"b{i}_beta" in z else None,
+                                      rprelu=tuple(rp) if rp is not None else None, shortcut=bool(shortcut)))
+        return PackedBNN(kind=str(z["kind"]), stem_w=z["stem_w"], stem_b=z["stem_b"], blocks=tuple(blocks),
+                         fc_w=z["fc_w"], fc_b=z["fc_b"])
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelLoadError(f"{path} is not a packed BNN written by save_packed ({e}).") from e
