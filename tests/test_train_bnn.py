@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeslim.errors import DataError, RecipeError, UnknownNameError
+from edgeslim.errors import DataError, ModelLoadError, RecipeError, UnknownNameError
 from edgeslim.train.bnn import (
     BinaryConv2d,
     BinaryLinear,
@@ -17,6 +17,8 @@ from edgeslim.train.bnn import (
     RSign,
     approx_sign,
     export_packed,
+    load_packed,
+    save_packed,
     set_binarization,
     ste_sign,
 )
@@ -115,11 +117,11 @@ def mnist_small():
     tr, te = split(len(imgs), 0.2, seed=0)
     x = torch.from_numpy((imgs.astype(np.float32) / 255.0 - 0.1307) / 0.3081).unsqueeze(1)
     y = torch.from_numpy(labels)
-    return x[tr[:256]], y[tr[:256]], x[te[:200]], y[te[:200]]
+    return x[tr[:192]], y[tr[:192]], x[te[:200]], y[te[:200]]
 
 
 @pytest.mark.parametrize("kind", ["xnor", "reactnet"])
-def test_packed_export_matches_torch(kind, mnist_small):
+def test_packed_export_matches_torch(kind, mnist_small, tmp_path):
     xtr, ytr, xte, yte = mnist_small
     torch.manual_seed(0)
     model = MnistBNN(kind, widths=(9, 18, 36, 72, 72))  # 72: channels not a multiple of 64
@@ -137,9 +139,15 @@ def test_packed_export_matches_torch(kind, mnist_small):
     assert agree >= 0.99
     assert len(np.unique(want.argmax(1))) >= 2  # not a degenerate constant predictor
     assert np.median(np.abs(want - got)) < 1e-3
+    save_packed(packed, tmp_path / "bnn.npz")
+    again = load_packed(tmp_path / "bnn.npz")
+    np.testing.assert_allclose(again.run(xte[:20].numpy()), got[:20], rtol=1e-5, atol=1e-5)
     assert [b.w_packed.shape for b in packed.blocks] == [(3, 3, 1, 18), (3, 3, 1, 36), (3, 3, 1, 72), (3, 3, 2, 72)]
 
 
-def test_export_rejects_fp32():
+def test_export_rejects_fp32_and_load_rejects_junk(tmp_path):
     with pytest.raises(RecipeError):
         export_packed(MnistBNN("fp32", widths=(4, 8, 8, 8, 8)))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError):
+        load_packed(tmp_path / "junk.npz")
