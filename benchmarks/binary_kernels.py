@@ -9,8 +9,13 @@ median is chosen once, over all rounds). Reported: medians over rounds and the r
 
     python benchmarks/binary_kernels.py [--rounds 30]
 
+Binary candidates: the ``lut`` engine (nibble tables, the default) and the ``popcount`` engine
+(XOR + vectorized popcount), with int32 output, and for the conv also the fused BN+sign output
+packed for the next binary layer. The RESULT figures are the lut engine with int32 output.
+
 Ends with ``RESULT conv_speedup=<x> gemm_speedup=<x> exact=<true|false>``; gemm_speedup is
-the smaller of the two GEMM shapes' speedups.
+the smaller of the two GEMM shapes' speedups; exact is both engines equal to the NumPy float
++-1 reference (and the conv to torch's conv2d of the signs).
 """
 
 from __future__ import annotations
@@ -121,12 +126,16 @@ def main() -> None:
     sess = ort_conv(w)
     xp = bk.pack_bits(x.transpose(0, 2, 3, 1))
     wp = bk.pack_conv_weight(w)
+    wl = bk.prepare_weights(wp)  # the lut engine's table, built once per weight (like a oneDNN reorder)
     thr, sgn = bk.bn_to_threshold(rng.uniform(0.5, 1.5, 64), rng.standard_normal(64))
-    exact &= bool(np.array_equal(bk.binary_conv2d(xp, wp, 64), ref.binary_conv2d(xp, wp, 64)))
-    exact &= bool(np.array_equal(bk.binary_conv2d_packed(xp, wp, 64, thr, sgn), ref.binary_conv2d_packed(xp, wp, 64, thr, sgn)))
+    want_dot = ref.binary_conv2d(xp, wp, 64)
+    want_bits = ref.binary_conv2d_packed(xp, wp, 64, thr, sgn)
+    for eng in ("lut", "popcount"):
+        exact &= bool(np.array_equal(bk.binary_conv2d(xp, wl, 64, engine=eng), want_dot))
+        exact &= bool(np.array_equal(bk.binary_conv2d_packed(xp, wl, 64, thr, sgn, engine=eng), want_bits))
     with torch.no_grad():
         want = torch.nn.functional.conv2d(torch.sign(xt) + (xt == 0), torch.sign(wt), padding=1).numpy()
-    exact &= bool(np.array_equal(bk.binary_conv2d(xp, wp, 64).transpose(0, 3, 1, 2), want.astype(np.int32)))
+    exact &= bool(np.array_equal(want_dot.transpose(0, 3, 1, 2), want.astype(np.int32)))
 
     def torch_conv():
         with torch.no_grad():
@@ -136,14 +145,16 @@ def main() -> None:
         "conv 1x64x56x56 * 64x64x3x3 (115.6 MMAC)",
         {"torch conv2d fp32": torch_conv, "onnxruntime Conv fp32": lambda: sess.run(None, {"x": x})},
         {
-            "binary conv -> int32": lambda: bk.binary_conv2d(xp, wp, 64),
-            "binary conv -> packed (BN+sign)": lambda: bk.binary_conv2d_packed(xp, wp, 64, thr, sgn),
+            "binary lut -> int32": lambda: bk.binary_conv2d(xp, wl, 64, engine="lut"),
+            "binary lut -> packed (BN+sign)": lambda: bk.binary_conv2d_packed(xp, wl, 64, thr, sgn, engine="lut"),
+            "binary popcount -> int32": lambda: bk.binary_conv2d(xp, wp, 64, engine="popcount"),
         },
         args.rounds,
         inner=10,
     )
     print(table)
-    print(f"  weights: fp32 {w.nbytes} bytes, packed {wp.nbytes} bytes ({w.nbytes / wp.nbytes:.0f}x smaller)")
+    print(f"  weights: fp32 {w.nbytes} bytes, packed {wp.nbytes} bytes ({w.nbytes / wp.nbytes:.0f}x smaller); "
+          f"lut engine's run-time table {wl.lut.nbytes} bytes")
 
     # ---- GEMMs
     gemm_sps = []
@@ -153,16 +164,21 @@ def main() -> None:
         at, bt = torch.from_numpy(a), torch.from_numpy(b)
         s2 = ort_matmul(m, b)
         apk, bpk = bk.pack_bits(a, axis=1), bk.pack_bits(b, axis=0)
-        exact &= bool(np.array_equal(bk.binary_gemm(apk, bpk, k), ref.binary_gemm(apk, bpk, k)))
+        bl = bk.prepare_weights(bpk.reshape(1, 1, *bpk.shape))
+        want_g = ref.binary_gemm(apk, bpk, k)
+        for eng in ("lut", "popcount"):
+            exact &= bool(np.array_equal(bk.binary_gemm(apk, bl, k, eng), want_g))
         sp, table = compare(
             f"gemm {m}x{n}x{k} ({m * n * k / 1e6:.1f} MMAC)",
             {"torch.matmul fp32": lambda: torch.matmul(at, bt), "onnxruntime MatMul fp32": lambda: s2.run(None, {"a": a})},
-            {"binary gemm -> int32": lambda: bk.binary_gemm(apk, bpk, k)},
+            {"binary lut -> int32": lambda: bk.binary_gemm(apk, bl, k, "lut"),
+             "binary popcount -> int32": lambda: bk.binary_gemm(apk, bpk, k, "popcount")},
             args.rounds,
             inner=10 if m * n * k < 2e8 else 4,
         )
         print(table)
-        print(f"  weights: fp32 {b.nbytes} bytes, packed {bpk.nbytes} bytes ({b.nbytes / bpk.nbytes:.0f}x smaller)")
+        print(f"  weights: fp32 {b.nbytes} bytes, packed {bpk.nbytes} bytes ({b.nbytes / bpk.nbytes:.0f}x smaller); "
+              f"lut table {bl.lut.nbytes} bytes")
         gemm_sps.append(sp)
 
     print(f"\nRESULT conv_speedup={conv_sp:.2f} gemm_speedup={min(gemm_sps):.2f} exact={str(exact).lower()}")

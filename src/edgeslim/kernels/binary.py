@@ -395,10 +395,22 @@ _lut_conv_packed_serial = _serial(_lut_conv_packed)
 ENGINES = ("auto", "lut", "popcount")
 
 
-def _rows_per_chunk(rows: int, wo: int) -> int:
-    # about 64 output pixels per block: its uint16 accumulators (8 KiB per filter group) stay
-    # in L1 next to the 16 KiB table slice; enough blocks to balance the threads
-    return max(1, min(max(1, 64 // max(1, wo)), (rows + 2 * numba.get_num_threads() - 1) // (2 * numba.get_num_threads())))
+def _rows_per_chunk(rows: int, wo: int, lut_bytes: int) -> int:
+    # A block of output pixels shares each 16 KiB table slice: about 64 pixels when the whole
+    # table sits in L2, 256 when slices come from L3 (amortizes the refill); at least two
+    # blocks per thread to balance the pool.
+    target = 64 if lut_bytes <= 256 * 1024 else 256
+    per_thread = (rows + 2 * numba.get_num_threads() - 1) // (2 * numba.get_num_threads())
+    return max(1, min(max(1, target // max(1, wo)), per_thread))
+
+
+def _gemm_grid(m: int) -> tuple[int, int]:
+    """Lay M GEMM rows out as an image ``rows x cols`` (cols <= 64) so the 1x1-conv kernel
+    has long inner pixel loops and several row blocks to share out."""
+    for cols in range(min(64, m), 0, -1):
+        if m % cols == 0:
+            return m // cols, cols
+    return m, 1  # pragma: no cover
 
 
 def _engine(engine: str, taps: int, c: int) -> str:
@@ -429,7 +441,8 @@ def binary_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int, engine: str 
     a = np.ascontiguousarray(a_packed)
     if _engine(engine, 1, k) == "lut":
         w = prepared if prepared is not None else prepare_weights(np.ascontiguousarray(b_arr).reshape(1, 1, *b_arr.shape))
-        return binary_conv2d(a.reshape(1, a.shape[0], 1, a.shape[1]), w, k, 1, 0, engine="lut").reshape(a.shape[0], -1)
+        rows, cols = _gemm_grid(a.shape[0])
+        return binary_conv2d(a.reshape(1, rows, cols, a.shape[1]), w, k, 1, 0, engine="lut").reshape(a.shape[0], -1)
     b = np.ascontiguousarray(b_arr)
     out = np.empty((a.shape[0], b.shape[1]), dtype=np.int32)
     kern = _gemm if a.shape[0] * a.shape[1] * b.shape[1] >= SERIAL_BELOW else _gemm_serial
@@ -450,7 +463,7 @@ def binary_conv2d(x_packed: np.ndarray, w_packed: np.ndarray, c: int, stride: in
     if _engine(engine, kh * kw, c) == "lut":
         lut = prepare_weights(w_packed).lut
         kern = _lut_conv if parallel else _lut_conv_serial
-        kern(x, lut, kh, kw, np.int64(c), np.int64(stride), np.int64(padding), out, _rows_per_chunk(x.shape[0] * ho, wo))
+        kern(x, lut, kh, kw, np.int64(c), np.int64(stride), np.int64(padding), out, _rows_per_chunk(x.shape[0] * ho, wo, lut.nbytes))
         return out
     w = np.ascontiguousarray(w_packed.w_packed if isinstance(w_packed, PreparedWeights) else w_packed)
     kern = _conv if parallel else _conv_serial
@@ -483,7 +496,7 @@ def binary_conv2d_packed(
         lut = prepare_weights(w_packed).lut
         kern = _lut_conv_packed if parallel else _lut_conv_packed_serial
         kern(x, lut, kh, kw, np.int64(c), thr, sgn, np.int64(stride), np.int64(padding), out, np.int64(o_n),
-             _rows_per_chunk(x.shape[0] * ho, wo))
+             _rows_per_chunk(x.shape[0] * ho, wo, lut.nbytes))
         return out
     w = np.ascontiguousarray(w_packed.w_packed if isinstance(w_packed, PreparedWeights) else w_packed)
     kern = _conv_packed if parallel else _conv_packed_serial
