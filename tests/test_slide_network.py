@@ -81,13 +81,13 @@ def test_sparse_forward_equals_dense_forward_on_active_set(data):
         np.testing.assert_allclose(net.active_logits(H_[i], act), full[i, act], rtol=1e-5, atol=1e-5)
 
 
-def _grads(kmod, net, train, rows, n_chunks):
+def _grads(kmod, net, train, rows, n_chunks, n_random=0):
     G1, Gb1, G2, Gb2 = (np.zeros_like(a) for a in (net.W1, net.b1[0], net.W2, net.b2[:, 0]))
     t1, t2 = np.zeros(NF, np.uint8), np.zeros(NL, np.uint8)
     loss, n_act = kmod.batch_grads(
         train.x_indptr, train.x_idx, train.x_val, rows, train.y_indptr, train.y_idx,
         net.W1, net.b1[0], net.W2, net.b2[:, 0], G1, Gb1, G2, Gb2, t1, t2,
-        *net.tables.hash_args, net.tables.buckets_, net.tables.fill_, net.config.max_active, n_chunks)
+        *net.tables.hash_args, net.tables.buckets_, net.tables.fill_, net.config.max_active, n_random, 11, n_chunks)
     return dict(G1=G1, Gb1=Gb1, G2=G2, Gb2=Gb2, t1=t1, t2=t2, loss=loss, n_act=n_act)
 
 
@@ -122,19 +122,19 @@ def test_gradients_on_active_set_match_torch_autograd(data):
     assert np.all(got["G2"][np.setdiff1d(np.arange(NL), active)] == 0)
 
 
-@pytest.mark.parametrize("family", ["simhash", "dwta"])
-@pytest.mark.parametrize("n_chunks", [1, 3])
-def test_batch_grads_numba_equals_reference(data, family, n_chunks):
+@pytest.mark.parametrize("family, n_chunks, n_random", [
+    ("simhash", 1, 0), ("simhash", 3, 0), ("dwta", 1, 0), ("dwta", 3, 0), ("simhash", 3, 25)])
+def test_batch_grads_numba_equals_reference(data, family, n_chunks, n_random):
     train, _ = data
     net = _net("numba", 30, family=family)
     rows = np.arange(10, 40, dtype=np.int64)
-    ref = _grads(R_, net, train, rows, 1)
+    ref = _grads(R_, net, train, rows, 1, n_random)
     # one thread runs the chunks in turn: exact comparison, no HOGWILD races
     numba = pytest.importorskip("numba")
     saved = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        got = _grads(K_, net, train, rows, n_chunks)
+        got = _grads(K_, net, train, rows, n_chunks, n_random)
     finally:
         numba.set_num_threads(saved)
     assert got["n_act"] == ref["n_act"]
@@ -220,3 +220,28 @@ def test_topk_recall_is_the_share_of_exact_top5_in_the_active_set(data):
     manual = np.mean([len(set(t.tolist()) & set(a.tolist())) / 5 for t, a in zip(top, acts)])
     assert net.topk_recall(test, rows) == pytest.approx(manual)
     assert net.topk_recall(test, rows) < 0.9  # a 10-neuron cap cannot cover most top-5s
+
+
+def test_random_negatives_add_weighted_rows_outside_the_active_set(data):
+    torch = pytest.importorskip("torch")
+    train, _ = data
+    net = _net("numpy", 10)
+    rows = np.arange(5, dtype=np.int64)
+    base = _grads(R_, net, train, rows, 1, 0)
+    more = _grads(R_, net, train, rows, 1, 40)
+    assert more["n_act"] > base["n_act"]  # random rows were added and computed
+    extra = np.flatnonzero(more["t2"] & ~base["t2"].astype(bool))
+    assert extra.size > 0 and np.all(more["G2"][extra].any(axis=1))  # they receive (negative) gradient
+    # the loss equals a softmax where each drawn row stands for (outside / drawn) rows
+    r = 0
+    act = net.active_sets(train, rows[:1], with_labels=True)[0]
+    drawn = [j for j in (R_._mix(R_._mix(11, r), i) % NL for i in range(40))]
+    drawn = list(dict.fromkeys(j for j in drawn if j not in set(act.tolist())))
+    h = torch.tensor(net.hidden(train, rows[:1])[0], dtype=torch.float64)
+    ids = torch.tensor(np.concatenate([act, drawn]))
+    z = torch.tensor(net.W2, dtype=torch.float64)[ids] @ h + torch.tensor(net.b2[:, 0], dtype=torch.float64)[ids]
+    z[act.size:] += np.log((NL - act.size) / len(drawn))
+    nl = np.unique(train.labels(0)).size
+    expect = float(-torch.log_softmax(z, 0)[:nl].mean())
+    one = _grads(R_, net, train, rows[:1], 1, 40)
+    assert one["loss"] == pytest.approx(expect, rel=1e-4)

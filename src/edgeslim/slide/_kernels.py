@@ -255,7 +255,7 @@ def query_active(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, use_labels, W1, 
 @njit(cache=True, parallel=True, fastmath=True)
 def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
                 G1, Gb1, G2, Gb2, touched1, touched2,
-                family, proj, bins, K, L, range_pow, buckets, fill, max_active, n_chunks):
+                family, proj, bins, K, L, range_pow, buckets, fill, max_active, n_random, rseed, n_chunks):
     B = rows.shape[0]
     H = W1.shape[1]
     n_labels = W2.shape[0]
@@ -264,7 +264,7 @@ def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
         r = rows[s]
         if y_indptr[r + 1] - y_indptr[r] > max_lab:
             max_lab = y_indptr[r + 1] - y_indptr[r]
-    cap = max_lab + max_active
+    cap = max_lab + max_active + n_random
     cap_c = L * buckets.shape[2]
     nh = L * K
     loss_c = np.zeros(n_chunks, np.float64)
@@ -292,6 +292,21 @@ def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
             _codes_one(h, family, proj, bins, K, L, range_pow, codes, sc, code, empty)
             n, n_lab = _active_one(codes, y_idx, y_indptr[r], y_indptr[r + 1], buckets, fill,
                                    max_active, pos, cand, cnt, hist, act)
+            n_base = n
+            off = np.float32(0.0)
+            if n_random > 0:
+                for a in range(n):
+                    pos[act[a]] = 1
+                for i in range(n_random):
+                    j = _mix(_mix(rseed, r), i) % n_labels
+                    if pos[j] == 0:
+                        pos[j] = 1
+                        act[n] = j
+                        n += 1
+                for a in range(n):
+                    pos[act[a]] = 0
+                if n > n_base:
+                    off = np.float32(np.log((n_labels - n_base) / (n - n_base)))
             act_c[c] += n
             if n_lab == 0:
                 continue
@@ -301,6 +316,8 @@ def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
                 acc = b2[act[a]]
                 for j in range(H):
                     acc += w[j] * h[j]
+                if a >= n_base:
+                    acc += off
                 z[a] = acc
                 if acc > zmax:
                     zmax = acc

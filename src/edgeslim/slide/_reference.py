@@ -196,8 +196,14 @@ def query_active(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, use_labels, W1, 
 
 def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
                 G1, Gb1, G2, Gb2, touched1, touched2,
-                family, proj, bins, K, L, range_pow, buckets, fill, max_active, n_chunks):
+                family, proj, bins, K, L, range_pow, buckets, fill, max_active, n_random, rseed, n_chunks):
     """Accumulate the batch-mean gradient of softmax cross-entropy over each sample's active set.
+
+    With ``n_random > 0`` each sample also draws up to ``n_random`` neurons uniformly from outside
+    its active set (deterministic in ``rseed`` and the sample's row); their logits get
+    ``+log(#outside / #drawn)`` so that they stand in for the whole unsampled remainder in the
+    softmax's normaliser (a stratified estimate of the partition function: the LSH set exactly,
+    the rest by uniform sampling). ``n_random = 0`` is the paper's SLIDE.
 
     The target spreads mass 1/|labels| over the sample's labels. Only rows of ``W1`` (features present)
     and of ``W2`` (active neurons) are touched; ``touched*`` flags them for the sparse Adam step.
@@ -212,12 +218,26 @@ def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
         r = rows[s]
         labels = y_idx[y_indptr[r]:y_indptr[r + 1]]
         act = _active_one(codes[s], labels, buckets, fill, max_active)
+        n_base = act.shape[0]
+        off = 0.0
+        if n_random > 0:
+            inside = set(act.tolist())
+            extra = []
+            for i in range(n_random):
+                j = _mix(_mix(rseed, r), i) % W2.shape[0]
+                if j not in inside:
+                    inside.add(j)
+                    extra.append(j)
+            if extra:
+                off = float(np.float32(np.log((W2.shape[0] - n_base) / len(extra))))
+                act = np.concatenate([act, np.array(extra, np.int64)])
         n_act += act.shape[0]
         n_lab = len(set(int(y) for y in labels))
         if n_lab == 0:
             continue
         h = Hs[s].astype(np.float32)
         z = W2[act] @ h + b2[act]
+        z[n_base:] += np.float32(off)
         z = z - z.max()
         e = np.exp(z)
         p = e / e.sum()

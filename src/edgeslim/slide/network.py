@@ -36,6 +36,10 @@ class SlideConfig:
     """Training hyper-parameters of `SlideNetwork`.
 
     ``max_active`` caps the LSH part of a sample's active set (true labels come on top).
+    ``n_random`` (default 0, the paper's SLIDE) adds up to that many uniform negatives from outside
+    the active set during training, weighted to stand for the unsampled labels in the softmax
+    normaliser (see `_reference.batch_grads`); it counters the over-penalising of LSH's hard
+    negatives when recall is high.
     ``n_chunks``: HOGWILD chunks per batch (0: one per numba thread).
     """
 
@@ -45,15 +49,16 @@ class SlideConfig:
     beta2: float = 0.999
     eps: float = 1e-8
     max_active: int = 2048
+    n_random: int = 0
     hash: HashConfig = field(default_factory=HashConfig)
     backend: str = "auto"
     n_chunks: int = 0
     seed: int = 0
 
     def validate(self) -> "SlideConfig":
-        if self.hidden < 1 or self.max_active < 1 or self.lr <= 0 or self.n_chunks < 0:
+        if self.hidden < 1 or self.max_active < 1 or self.lr <= 0 or self.n_chunks < 0 or self.n_random < 0:
             raise InvalidParameterError(
-                f"SlideConfig: need hidden >= 1, max_active >= 1, lr > 0, n_chunks >= 0; got {self}."
+                f"SlideConfig: need hidden >= 1, max_active >= 1, lr > 0, n_chunks, n_random >= 0; got {self}."
             )
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
             raise InvalidParameterError(f"SlideConfig: need 0 <= beta1, beta2 < 1 and eps > 0; got {self}.")
@@ -125,7 +130,8 @@ class SlideNetwork:
         loss, n_act = self._k.batch_grads(
             data.x_indptr, data.x_idx, data.x_val, rows, data.y_indptr, data.y_idx,
             self.W1, self.b1[0], self.W2, self.b2[:, 0], G1, Gb1[0], G2, Gb2[:, 0], t1, t2,
-            *self.tables.hash_args, self.tables.buckets_, self.tables.fill_, c.max_active, self._chunks(),
+            *self.tables.hash_args, self.tables.buckets_, self.tables.fill_, c.max_active,
+            c.n_random, c.seed * 1_000_003 + self.step_, self._chunks(),
         )
         self.step_ += 1
         # the output bias moves with its row; the hidden bias is dense
