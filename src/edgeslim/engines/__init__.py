@@ -1,4 +1,4 @@
-"""Runtimes that execute a candidate: registered by name (`ort` here; `mnn`, `ncnn` as optional extras).
+"""Runtimes that execute a candidate: registered by name (`ort`; `mnn`, `ncnn` from the `engines` extra).
 
 An engine answers three questions: `convert(onnx_model, workdir) -> artifact path` (identity for ort),
 `load(artifact, threads) -> Runner`, and `Runner.run(feeds) -> list of outputs` named as in the ONNX model.
@@ -13,6 +13,8 @@ ENGINES: Registry[type[Engine]] = Registry("engine")
 register_engine = ENGINES.register
 
 from . import ort as _ort  # noqa: E402,F401  (registers "ort")
+from . import mnn as _mnn  # noqa: E402,F401  (registers "mnn"; imports MNN only when used)
+from . import ncnn as _ncnn  # noqa: E402,F401  (registers "ncnn"; imports ncnn/pnnx only when used)
 
 
 def get_engine(name: str) -> Engine:
@@ -23,4 +25,9 @@ def list_engines(pattern: str = "*") -> list[str]:
     return ENGINES.names(pattern)
 
 
-__all__ = ["Engine", "Runner", "ENGINES", "register_engine", "get_engine", "list_engines"]
+def available_engines() -> list[str]:
+    """Registered engines whose packages are installed (the default of `optimize --engines`)."""
+    return [n for n in ENGINES.names() if ENGINES.get(n)().available()]
+
+
+__all__ = ["Engine", "Runner", "ENGINES", "register_engine", "get_engine", "list_engines", "available_engines"]

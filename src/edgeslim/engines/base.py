@@ -1,10 +1,37 @@
+"""Engine interface: convert an fp32 ONNX model at a precision, load the artifact, run named feeds."""
+
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import numpy as np
 import onnx
+
+from ..errors import EdgeslimError, InvalidParameterError
+
+__all__ = ["Engine", "Runner", "Feeds", "EngineError", "EngineUnavailableError", "ConversionError", "ParityError",
+           "read_meta", "write_meta", "meta_path"]
+
+Feeds = dict[str, np.ndarray]
+INSTALL_HINT = "pip install 'edgeslim[engines]'"
+
+
+class EngineError(EdgeslimError, RuntimeError):
+    """An engine cannot convert, load or run a model."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine's package is not installed."""
+
+
+class ConversionError(EngineError):
+    """An engine's converter rejected the model, crashed or hung; the message carries its last stderr line."""
+
+
+class ParityError(EngineError):
+    """A converted model's outputs disagree with onnxruntime fp32 beyond the tolerance (or hold NaN/Inf)."""
 
 
 class Runner(Protocol):
@@ -15,7 +42,13 @@ class Runner(Protocol):
 
 
 class Engine:
-    """Base for engines. Subclasses set `name`, `suffix` and implement `convert` and `load`."""
+    """Base for engines. Subclasses set `name`, `suffix` and implement `convert` and `load`.
+
+    `convert(model, out, precision=..., calib_feeds=...)` takes the fp32 ONNX model (engines apply their own
+    exact graph rewrites) and writes the artifact at `out`; `precisions()` lists what `precision` accepts, the
+    first being the fp32 reference. Precisions that quantize activations need `calib_feeds` (an iterable of
+    feed dicts, shapes may vary).
+    """
 
     name = "?"
     suffix = ".onnx"
@@ -23,8 +56,54 @@ class Engine:
     def version(self) -> str:
         return "?"
 
-    def convert(self, model: onnx.ModelProto, out: Path) -> Path:
+    def available(self) -> bool:
+        """Whether the engine's package imports here."""
+        return True
+
+    def precisions(self) -> tuple[str, ...]:
+        return ("fp32",)
+
+    def needs_calibration(self, precision: str) -> bool:
+        return False
+
+    def check_precision(self, precision: str) -> None:
+        if precision not in self.precisions():
+            raise InvalidParameterError(f"precision {precision!r} is not one of engine {self.name}'s: "
+                                        f"{', '.join(self.precisions())}. Pick one of those.")
+
+    def convert(self, model: onnx.ModelProto, out: Path, precision: str = "fp32",
+                calib_feeds: Iterable[Feeds] | None = None) -> Path:
         raise NotImplementedError
 
     def load(self, artifact: Path, threads: int) -> Runner:
         raise NotImplementedError
+
+    def artifact_files(self, artifact: Path) -> list[Path]:
+        """Every file the artifact consists of (the artifact first)."""
+        return [Path(artifact)]
+
+    def size_bytes(self, artifact: Path) -> int:
+        return sum(p.stat().st_size for p in self.artifact_files(Path(artifact)) if p.exists())
+
+
+def meta_path(artifact: Path) -> Path:
+    """The sidecar holding what the engine file cannot: ONNX names, precision, runtime options."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def write_meta(artifact: Path, meta: dict) -> Path:
+    p = meta_path(artifact)
+    p.write_text(json.dumps(meta, indent=1))
+    return p
+
+
+def read_meta(artifact: Path, engine: str) -> dict:
+    p = meta_path(artifact)
+    if not p.exists():
+        raise EngineError(f"{p} is missing: an {engine} artifact needs the .json written beside it by "
+                          f"edgeslim's convert. Convert the model again with `edgeslim convert --to {engine}`.")
+    try:
+        return json.loads(p.read_text())
+    except ValueError as e:
+        raise EngineError(f"{p} is not valid JSON ({e}). Convert the model again.") from None

@@ -1,0 +1,213 @@
+"""MNN engine (Alibaba's mobile engine; Jiang et al., "MNN: A Universal and Efficient Inference Engine", MLSys 2020).
+
+Conversion runs MNN's converter in a child process through the wheel's native `_tools` module, never through the
+`mnnconvert`/`mnnquant` console scripts: those import `MNN.tools.utils.log`, which runs
+`pip install -U aliyun-log-python-sdk` when that package is missing (that SDK pins protobuf<6 and breaks
+`import onnx`) and then uploads usage logs. The `mnnquant` script also crashes on every model
+(std::length_error): it passes three strings to `_tools.mnnquant`, whose C side expects one argv list
+(`PyList_Size` of a str is -1 -> `std::vector<const char*>(-1)`). Called with an argv list it works.
+
+Precisions: `fp32`; `low` (MNN precision low: fp16 arithmetic where the CPU has it, fp32 elsewhere);
+`bf16` (precision lowBF16, where the build has it); `w8`/`w4` (weights stored in 8/4 bits; loaded with memory=low
+so MNN computes with dynamically quantized int8 activations); `int8` (full int8: activation scales from
+calibration feeds through MNN's quantizer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from . import register_engine
+from ._subprocess import describe_failure, run_python
+from .base import INSTALL_HINT, ConversionError, Engine, EngineError, EngineUnavailableError, Feeds, read_meta, write_meta
+
+__all__ = ["MnnEngine", "MnnRunner", "MNN_PRECISIONS"]
+
+# precision -> (converter flags, runtime precision, runtime memory mode)
+MNN_PRECISIONS: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "fp32": ((), "normal", "normal"),
+    "low": ((), "low", "normal"),
+    "bf16": ((), "lowBF16", "normal"),
+    "w8": (("--weightQuantBits", "8"), "normal", "low"),
+    "w4": (("--weightQuantBits", "4", "--weightQuantBlock", "32"), "normal", "low"),
+    "int8": ((), "normal", "normal"),
+}
+CONVERT_TIMEOUT = 300.0
+QUANT_TIMEOUT = 600.0
+
+_CONVERT = "import sys, _tools; _tools.mnnconvert(['mnnconvert'] + sys.argv[1:])"
+_QUANT = "import sys, _tools; _tools.mnnquant(['mnnquant'] + sys.argv[1:])"
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """MNN's native code prints a CPU-feature line to fd 1 at import; the library never prints."""
+    try:
+        fd = os.dup(1)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(fd, 1)
+        os.close(fd)
+
+
+def _import_mnn():
+    if importlib.util.find_spec("MNN") is None:
+        raise EngineUnavailableError(f"engine mnn needs the MNN package, which is not installed. Run {INSTALL_HINT}.")
+    with _quiet_stdout():
+        import MNN  # noqa: F401
+        import MNN.expr
+        import MNN.nn
+    return MNN
+
+
+class MnnRunner:
+    """Runs an .mnn module; inputs may change shape on every call (OCR line widths)."""
+
+    def __init__(self, artifact: Path, threads: int) -> None:
+        MNN = _import_mnn()
+        meta = read_meta(artifact, "mnn")
+        self.meta = meta
+        self.input_names, self.output_names = list(meta["inputs"]), list(meta["outputs"])
+        cfg = {"backend": "CPU", "precision": meta.get("runtime_precision", "normal"), "numThread": int(threads)}
+        if meta.get("memory", "normal") != "normal":
+            cfg["memory"] = meta["memory"]
+        self._F = MNN.expr
+        with _quiet_stdout():
+            self._rt = MNN.nn.create_runtime_manager((cfg,))
+            self._net = MNN.nn.load_module_from_file(str(artifact), self.input_names, self.output_names,
+                                                     runtime_manager=self._rt, shape_mutable=True)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        F = self._F
+        inputs = []
+        for name in self.input_names:
+            x = np.ascontiguousarray(feeds[name], dtype=np.float32)
+            inputs.append(F.const(x, list(x.shape), F.NCHW))
+        outs = self._net.forward(inputs)
+        res = []
+        for o in outs:
+            if o.data_format == F.NC4HW4:
+                o = F.convert(o, F.NCHW)
+            res.append(np.array(o.read(), dtype=np.float32, copy=True))
+        return res
+
+
+def _onnx_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output]
+
+
+def _calib_images(feeds: Iterable[Feeds], input_name: str, folder: Path, limit: int = 64) -> dict:
+    """Write calibration feeds as 8-bit images plus the (mean, normal) that maps them back onto the feeds.
+
+    MNN's quantizer reads calibration data as images and applies dst = (src - mean) * normal; a linear map of
+    the feeds' own range onto 0..255 makes that reproduce the feeds to 8-bit precision, whatever the model's
+    normalisation was.
+    """
+    import cv2
+
+    xs = []
+    for f in feeds:
+        x = np.asarray(f[input_name], np.float32)
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise ConversionError(f"mnn int8: input {input_name!r} has shape {list(x.shape)}; MNN's quantizer takes "
+                                  "1- or 3-channel NCHW image inputs. Use precision w8 instead.")
+        xs.extend(x)
+        if len(xs) >= limit:
+            break
+    if not xs:
+        raise ConversionError("mnn int8 needs calibration feeds. Pass calib_feeds (the CLI uses the task's calibration lines).")
+    lo = min(float(x.min()) for x in xs)
+    hi = max(float(x.max()) for x in xs)
+    normal = (hi - lo) / 255.0 if hi > lo else 1.0
+    mean = -lo / normal
+    folder.mkdir(parents=True, exist_ok=True)
+    widths = []
+    for i, x in enumerate(xs):
+        img = np.clip(np.rint((x - lo) / normal), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        cv2.imwrite(str(folder / f"{i:05d}.png"), img)
+        widths.append(x.shape[2])
+    h = int(xs[0].shape[1])
+    w = int(np.bincount(widths).argmax())
+    c = int(xs[0].shape[0])
+    return {"format": "BGR" if c == 3 else "GRAY", "mean": [mean] * c, "normal": [normal] * c, "width": w, "height": h,
+            "path": str(folder) + "/", "used_image_num": len(xs), "feature_quantize_method": "KL",
+            "weight_quantize_method": "MAX_ABS", "batch_size": 1}
+
+
+@register_engine("mnn")
+class MnnEngine(Engine):
+    name = "mnn"
+    suffix = ".mnn"
+
+    def available(self) -> bool:
+        return importlib.util.find_spec("MNN") is not None
+
+    def version(self) -> str:
+        return _import_mnn().version()
+
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(MNN_PRECISIONS)
+
+    def needs_calibration(self, precision: str) -> bool:
+        return precision == "int8"
+
+    def artifact_files(self, artifact: Path) -> list[Path]:
+        return [Path(artifact)]
+
+    def convert(self, model: onnx.ModelProto, out: Path, precision: str = "fp32",
+                calib_feeds: Iterable[Feeds] | None = None) -> Path:
+        self.check_precision(precision)
+        if not self.available():
+            _import_mnn()
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        flags, rt_precision, memory = MNN_PRECISIONS[precision]
+        inputs, outputs = _onnx_names(model)
+        with tempfile.TemporaryDirectory(prefix="edgeslim-mnn-") as d:
+            d = Path(d)
+            src = d / "model.onnx"
+            onnx.save(model, str(src))
+            fp = d / "model.mnn"
+            run = run_python(_CONVERT, ["-f", "ONNX", "--modelFile", str(src), "--MNNModel", str(fp), "--bizCode",
+                                        "edgeslim", *flags], CONVERT_TIMEOUT, cwd=d)
+            if not run.ok or not fp.exists():
+                raise ConversionError(describe_failure(run, "mnn converter", CONVERT_TIMEOUT) + ".")
+            info: dict = {}
+            if precision == "int8":
+                if calib_feeds is None:
+                    raise ConversionError("mnn int8 needs calibration feeds. Pass calib_feeds, or use precision w8.")
+                cfg = _calib_images(calib_feeds, inputs[0], d / "calib")
+                cfg_file = d / "quant.json"
+                cfg_file.write_text(__import__("json").dumps(cfg))
+                q = d / "int8.mnn"
+                run = run_python(_QUANT, [str(fp), str(q), str(cfg_file)], QUANT_TIMEOUT, cwd=d)
+                if not run.ok or not q.exists():
+                    raise ConversionError(describe_failure(run, "mnn quantizer", QUANT_TIMEOUT) + ".")
+                fp = q
+                info["calibration"] = {k: cfg[k] for k in ("used_image_num", "width", "height", "feature_quantize_method")}
+            shutil.move(str(fp), str(out))
+        write_meta(out, {"engine": "mnn", "precision": precision, "inputs": inputs, "outputs": outputs,
+                         "runtime_precision": rt_precision, "memory": memory, **info})
+        return out
+
+    def load(self, artifact: Path, threads: int) -> MnnRunner:
+        artifact = Path(artifact)
+        if not artifact.exists():
+            raise EngineError(f"{artifact}: MNN model not found. Convert one with `edgeslim convert --to mnn`.")
+        return MnnRunner(artifact, threads)

@@ -1,0 +1,462 @@
+"""ncnn engine (Tencent's mobile inference framework), converting ONNX with pnnx.
+
+The graph handed to pnnx is the fp32 model with edgeslim's exact affine folds at the model's own opset: pnnx
+recognises PP-OCR's attention blocks (and emits one MultiHeadAttention layer) only at the original opset; after
+an upgrade to opset >= 14 it leaves 5-D reshapes ncnn cannot run ("target exceeds ncnn physical rank"), which
+conversion reports as an error instead of writing a model that fails to load.
+
+Precisions: `fp32`; `bf16` (bf16 storage, fp32 arithmetic; AVX512-BF16 where present); `fp16` (fp16 storage and
+arithmetic where the CPU supports it, else ncnn falls back to fp32); `int8` (Convolution, ConvolutionDepthWise and
+InnerProduct in int8, per-output-channel weight scales, activation scales from edgeslim's calibrators, written in
+ncnn's calibration table format); `int8-bf16` (int8 layers plus bf16 storage for the rest).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from . import register_engine
+from ._subprocess import call_function, describe_failure, run_tool
+from .base import INSTALL_HINT, ConversionError, Engine, EngineError, EngineUnavailableError, Feeds, read_meta, write_meta
+
+__all__ = ["NcnnEngine", "NcnnRunner", "NCNN_PRECISIONS", "write_table", "read_table", "quantize_int8"]
+
+_OFF = {"use_bf16_storage": False, "use_bf16_packed": False, "use_fp16_storage": False, "use_fp16_packed": False,
+        "use_fp16_arithmetic": False, "use_int8_inference": False}
+NCNN_PRECISIONS: dict[str, dict[str, bool]] = {
+    "fp32": dict(_OFF),
+    "bf16": dict(_OFF, use_bf16_storage=True, use_bf16_packed=True),
+    "fp16": dict(_OFF, use_fp16_storage=True, use_fp16_packed=True, use_fp16_arithmetic=True),
+    "int8": dict(_OFF, use_int8_inference=True),
+    "int8-bf16": dict(_OFF, use_int8_inference=True, use_bf16_storage=True, use_bf16_packed=True),
+}
+CONVERT_TIMEOUT = 300.0
+CALIB_TIMEOUT = 600.0
+_QUANT_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
+
+
+def _import_ncnn():
+    if importlib.util.find_spec("ncnn") is None:
+        raise EngineUnavailableError(f"engine ncnn needs the ncnn package, which is not installed. Run {INSTALL_HINT}.")
+    import ncnn
+
+    return ncnn
+
+
+def _pnnx_binary() -> str:
+    spec = importlib.util.find_spec("pnnx")
+    if spec is not None and spec.submodule_search_locations:
+        p = Path(list(spec.submodule_search_locations)[0]) / "pnnx"
+        if p.exists():
+            return str(p)
+    p = shutil.which("pnnx")
+    if p:
+        return p
+    raise EngineUnavailableError(f"converting to ncnn needs pnnx, which is not installed. Run {INSTALL_HINT}.")
+
+
+class NcnnRunner:
+    """Runs an ncnn param/bin pair. Shapes may change per call; batches run sample by sample (ncnn has no batch)."""
+
+    def __init__(self, artifact: Path, threads: int) -> None:
+        ncnn = _import_ncnn()
+        meta = read_meta(artifact, "ncnn")
+        self.meta = meta
+        self.input_names, self.output_names = list(meta["inputs"]), list(meta["outputs"])
+        self._in, self._out = list(meta["ncnn_inputs"]), list(meta["ncnn_outputs"])
+        self._ncnn = ncnn
+        net = ncnn.Net()
+        net.opt.num_threads = int(threads)
+        net.opt.use_vulkan_compute = False
+        for k, v in meta.get("options", {}).items():
+            setattr(net.opt, k, bool(v))
+        param = Path(artifact).with_suffix(".param")
+        if net.load_param(str(param)) != 0 or net.load_model(str(artifact)) != 0:
+            raise EngineError(f"{artifact}: ncnn could not load {param.name}/{Path(artifact).name}. Convert the model again.")
+        self._net = net
+
+    def _run_one(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        ncnn = self._ncnn
+        ex = self._net.create_extractor()
+        # Input Mats wrap the numpy buffers: keep both alive until extraction is done.
+        keep = [np.ascontiguousarray(x, dtype=np.float32) for x in xs]
+        mats = [ncnn.Mat(k) for k in keep]
+        for name, m in zip(self._in, mats):
+            ex.input(name, m)
+        outs = []
+        for name in self._out:
+            ret, m = ex.extract(name)
+            if ret != 0:
+                raise EngineError(f"ncnn failed to compute output {name} (code {ret}). Check the input shape.")
+            # Copy while the Mat is alive: a view outlives the Mat's memory once the extractor is released.
+            outs.append(np.array(m, dtype=np.float32, copy=True))
+        del ex, mats, keep
+        return outs
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        xs = [np.asarray(feeds[n], np.float32) for n in self.input_names]
+        n = xs[0].shape[0]
+        per = [self._run_one([x[i] for x in xs]) for i in range(n)]
+        return [np.stack([p[j] for p in per]).reshape((n, *per[0][j].shape)) for j in range(len(self._out))]
+
+
+def _onnx_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output]
+
+
+def _pnnx_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Exact affine folds without an opset upgrade (see the module note)."""
+    from ..graph import constants_to_initializers, fold_affine_into_pointwise_conv, fold_conv_affine
+
+    try:
+        m = constants_to_initializers(model)
+        m, _ = fold_conv_affine(m)
+        m, _ = fold_affine_into_pointwise_conv(m)
+        return m
+    except Exception:  # a fold meeting an unexpected graph: convert the model as given
+        return model
+
+
+def _shapes(model: onnx.ModelProto, inputs: list[str], sample: Feeds | None) -> list[list[int]]:
+    shapes = []
+    by_name = {i.name: i for i in model.graph.input}
+    for name in inputs:
+        if sample is not None and name in sample:
+            shapes.append([int(s) for s in np.shape(sample[name])])
+            continue
+        dims = by_name[name].type.tensor_type.shape.dim
+        shape = [d.dim_value if d.dim_value > 0 else None for d in dims]
+        if any(s is None for s in shape):
+            raise ConversionError(f"input {name!r} has dynamic dims {['?' if s is None else s for s in shape]}; pnnx "
+                                  "needs one example shape. Pass calib_feeds (or a model with a fixed input shape).")
+        shapes.append(shape)
+    return shapes
+
+
+def _unsupported_layers(param: Path) -> list[str]:
+    bad = []
+    for line in param.read_text().splitlines()[2:]:
+        parts = line.split()
+        if parts and ("." in parts[0] or parts[0].startswith(("pnnx", "torch", "Tensor", "F."))):
+            bad.append(parts[0])
+    return sorted(set(bad))
+
+
+# ---- int8: calibration table + weight quantization (what ncnn2table/ncnn2int8 do, in Python) -----------------
+
+_NO_WEIGHTS = {
+    "AbsVal", "BinaryOp", "Cast", "Clip", "Concat", "Crop", "Deconvolution_no", "Dropout", "ELU", "Eltwise", "Erf",
+    "ExpandDims", "Exp", "Flatten", "GELU", "GLU", "Gelu", "HardSigmoid", "HardSwish", "Input", "Interp", "Log",
+    "LRN", "MatMul", "Mish", "MVN", "Noop", "Normalize_no", "Packing", "Padding", "Permute", "PixelShuffle",
+    "Pooling", "Pooling1D", "Pooling3D", "Power", "ReLU", "Reduction", "Reorg", "Reshape", "Sigmoid", "Slice",
+    "Softmax", "Softplus", "Split", "Squeeze", "Swish", "TanH", "Threshold", "Tile", "UnaryOp", "Unsqueeze",
+    "CopyTo", "Flip", "Fold", "Unfold", "GridSample", "CumulativeSum", "Shrink", "SELU", "CELU", "Spectrogram",
+}
+
+
+class _Layer:
+    def __init__(self, line: str) -> None:
+        parts = line.split()
+        self.type, self.name = parts[0], parts[1]
+        nb, nt = int(parts[2]), int(parts[3])
+        self.bottoms = parts[4 : 4 + nb]
+        self.tops = parts[4 + nb : 4 + nb + nt]
+        self.head = parts[: 4 + nb + nt]
+        self.params = parts[4 + nb + nt :]
+        self.p: dict[int, str] = {}
+        for tok in self.params:
+            k, _, v = tok.partition("=")
+            try:
+                self.p[int(k)] = v
+            except ValueError:
+                pass
+
+    def i(self, key: int, default: int = 0) -> int:
+        v = self.p.get(key)
+        return int(float(v)) if v is not None and "," not in v and '"' not in v else default
+
+    def line(self) -> str:
+        return " ".join(self.head + self.params)
+
+
+def _parse_param(param_text: str) -> tuple[list[str], list[_Layer]]:
+    lines = [l for l in param_text.splitlines() if l.strip()]
+    return lines[:2], [_Layer(l) for l in lines[2:]]
+
+
+class _Bin:
+    """Reads ncnn weight blobs in load order: type 0 = tagged (fp32/fp16/int8), type 1 = raw fp32."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def raw(self, n: int) -> np.ndarray:
+        a = np.frombuffer(self.data, np.float32, n, self.pos)
+        self.pos += 4 * n
+        return a
+
+    def tagged(self, n: int) -> np.ndarray:
+        tag = int(np.frombuffer(self.data, np.uint32, 1, self.pos)[0])
+        self.pos += 4
+        if tag == 0:
+            return self.raw(n)
+        if tag == 0x01306B47:
+            a = np.frombuffer(self.data, np.float16, n, self.pos).astype(np.float32)
+            self.pos += (2 * n + 3) // 4 * 4
+            return a
+        raise ConversionError(f"ncnn int8: weight blob with tag {tag:#x} at byte {self.pos - 4}; expected fp32 or fp16 "
+                              "weights. Convert from ONNX again.")
+
+
+def _blobs(layer: _Layer, b: _Bin) -> list[tuple[int, np.ndarray]]:
+    """The weight blobs one layer loads, as (type, data), in order; raises for a layer whose layout we do not know."""
+    t, i = layer.type, layer.i
+    if t in _NO_WEIGHTS:
+        return []
+    if t in ("Convolution", "ConvolutionDepthWise", "InnerProduct", "Deconvolution", "DeconvolutionDepthWise",
+             "Convolution1D", "ConvolutionDepthWise1D"):
+        size_key, bias_key = (2, 1) if t == "InnerProduct" else (6, 5)
+        if i(8 if t != "InnerProduct" else 8):
+            raise ConversionError(f"ncnn int8: layer {layer.name} is already int8. Convert from ONNX again.")
+        out = [(0, b.tagged(i(size_key)))]
+        if i(bias_key):
+            out.append((1, b.raw(i(0))))
+        return out
+    if t == "LayerNorm":
+        return [(1, b.raw(i(0))), (1, b.raw(i(0)))] if i(2, 1) else []
+    if t in ("BatchNorm",):
+        return [(1, b.raw(i(0))) for _ in range(4)]
+    if t in ("Scale",):
+        return [(1, b.raw(i(0)))] + ([(1, b.raw(i(0)))] if i(1) else [])
+    if t in ("PReLU",):
+        return [(1, b.raw(max(i(0), 1)))]
+    if t == "Bias":
+        return [(1, b.raw(i(0)))]
+    if t == "MemoryData":
+        n = max(i(0), 1) * max(i(1), 1) * max(i(11), 1) * max(i(2), 1)
+        return [(1, b.raw(n))]
+    if t == "Gemm":
+        out = []
+        m_, n_, k_ = i(7), i(8), i(9)
+        if i(18):
+            raise ConversionError(f"ncnn int8: layer {layer.name} is already int8. Convert from ONNX again.")
+        if i(4):
+            out.append((0, b.tagged(m_ * k_)))
+        if i(5):
+            out.append((0, b.tagged(n_ * k_)))
+        if i(6):
+            bt = i(10)
+            n = {0: 1, 1: m_, 2: m_, 3: m_ * n_, 4: n_}.get(bt)
+            if n is None:
+                raise ConversionError(f"ncnn int8: Gemm {layer.name} has constant C broadcast type {bt}, unknown here.")
+            out.append((0, b.tagged(n)))  # Gemm loads C with type 0 (tagged)
+        return out
+    if t == "MultiHeadAttention":
+        e, w = i(0), i(2)
+        q = w // max(e, 1)
+        kd, vd = i(3, e), i(4, e)
+        return [(0, b.tagged(w)), (1, b.raw(e)), (0, b.tagged(e * kd)), (1, b.raw(e)), (0, b.tagged(e * vd)),
+                (1, b.raw(e)), (0, b.tagged(q * e)), (1, b.raw(q))]
+    raise ConversionError(f"ncnn int8: layer type {t} ({layer.name}) has a weight layout edgeslim does not know. "
+                          "Use precision bf16 or fp32 for this model.")
+
+
+def _per_out(layer: _Layer) -> int:
+    return layer.i(7, 1) if layer.type == "ConvolutionDepthWise" else layer.i(0)
+
+
+def weight_scales(param_text: str, bin_data: bytes) -> dict[str, np.ndarray]:
+    """ncnn's per-output-channel weight scales (127 / absmax) of every quantizable layer."""
+    _, layers = _parse_param(param_text)
+    b = _Bin(bin_data)
+    scales = {}
+    for L in layers:
+        blobs = _blobs(L, b)
+        if L.type in _QUANT_TYPES:
+            w = blobs[0][1].reshape(_per_out(L), -1)
+            amax = np.abs(w).max(axis=1)
+            scales[L.name] = np.where(amax > 0, 127.0 / np.maximum(amax, 1e-30), 1.0).astype(np.float32)
+    return scales
+
+
+def write_table(path: Path, weight: dict[str, np.ndarray], bottom: dict[str, float]) -> Path:
+    """ncnn's calibration table: `<layer>_param_0 <scale per output channel>` lines, then `<layer> <input scale>`."""
+    lines = [f"{name}_param_0 " + " ".join(f"{s:.9g}" for s in sc) for name, sc in weight.items()]
+    lines += [f"{name} {s:.9g}" for name, s in bottom.items()]
+    Path(path).write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
+def read_table(path: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    weight, bottom = {}, {}
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0].endswith("_param_0"):
+            weight[parts[0][: -len("_param_0")]] = np.array([float(v) for v in parts[1:]], np.float32)
+        else:
+            bottom[parts[0]] = float(parts[1])
+    return weight, bottom
+
+
+def quantize_int8(param_text: str, bin_data: bytes, table: Path) -> tuple[str, bytes, list[str]]:
+    """Rewrite an fp32 param/bin pair so the layers named in the table run in int8 (ncnn2int8's output format)."""
+    head, layers = _parse_param(param_text)
+    wsc, bsc = read_table(table)
+    b = _Bin(bin_data)
+    out = bytearray()
+    done = []
+    for L in layers:
+        start = b.pos
+        blobs = _blobs(L, b)
+        if L.type in _QUANT_TYPES and L.name in wsc and L.name in bsc:
+            w = blobs[0][1].reshape(_per_out(L), -1)
+            s = wsc[L.name]
+            q = np.clip(np.rint(w * s[:, None]), -127, 127).astype(np.int8).reshape(-1)
+            out += np.uint32(0x000D4B38).tobytes() + q.tobytes() + b"\0" * ((-q.size) % 4)
+            for _, data in blobs[1:]:
+                out += np.asarray(data, np.float32).tobytes()
+            out += s.astype(np.float32).tobytes() + np.float32(bsc[L.name]).tobytes()
+            L.params.append(f"8={1 if L.type == 'ConvolutionDepthWise' else 2}")
+            done.append(L.name)
+        else:
+            out += bin_data[start : b.pos]
+    text = "\n".join(head + [L.line() for L in layers]) + "\n"
+    return text, bytes(out), done
+
+
+def calibrate_blobs(param: str, binf: str, feeds_file: str, layers: list[str], bottoms: list[str],
+                    calibrator: str = "entropy", threads: int = 2) -> dict:
+    """Run in a child process: stream calibration feeds through the fp32 ncnn net, range of each layer's input."""
+    import ncnn
+
+    from ..quant.calibrate import get_calibrator
+
+    net = ncnn.Net()
+    net.opt.num_threads = threads
+    net.opt.use_vulkan_compute = False
+    net.opt.lightmode = False
+    for k, v in NCNN_PRECISIONS["fp32"].items():
+        setattr(net.opt, k, v)
+    net.load_param(param)
+    net.load_model(binf)
+    cal = get_calibrator(calibrator)
+    z = np.load(feeds_file)
+    keys = sorted(z.files, key=lambda k: int(k.split("_")[0]))
+    for k in keys:
+        x = np.ascontiguousarray(z[k], np.float32)
+        ex = net.create_extractor()
+        m = ncnn.Mat(x)
+        ex.input("in0", m)
+        for blob in dict.fromkeys(bottoms):
+            ret, o = ex.extract(blob)
+            if ret == 0:
+                cal.update(blob, np.array(o, copy=True))
+        del ex
+    res = {}
+    for layer, blob in zip(layers, bottoms):
+        lo, hi = cal.range(blob)
+        t = max(abs(lo), abs(hi))
+        res[layer] = 127.0 / t if t > 0 else 1.0
+    return res
+
+
+@register_engine("ncnn")
+class NcnnEngine(Engine):
+    name = "ncnn"
+    suffix = ".ncnn.bin"
+
+    def available(self) -> bool:
+        return importlib.util.find_spec("ncnn") is not None and importlib.util.find_spec("pnnx") is not None
+
+    def version(self) -> str:
+        return getattr(_import_ncnn(), "__version__", "?")
+
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(NCNN_PRECISIONS)
+
+    def needs_calibration(self, precision: str) -> bool:
+        return precision.startswith("int8")
+
+    def artifact_files(self, artifact: Path) -> list[Path]:
+        artifact = Path(artifact)
+        return [artifact, artifact.with_suffix(".param")]
+
+    def convert(self, model: onnx.ModelProto, out: Path, precision: str = "fp32",
+                calib_feeds: Iterable[Feeds] | None = None, calibrator: str = "entropy", calib_limit: int = 64) -> Path:
+        """Write `<out>` (weights, `.ncnn.bin`), `<out>.param` beside it (suffix replaced) and the `.json` sidecar."""
+        self.check_precision(precision)
+        _import_ncnn()
+        pnnx = _pnnx_binary()
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        inputs, outputs = _onnx_names(model)
+        feeds_iter = iter(calib_feeds) if calib_feeds is not None else None
+        first = next(feeds_iter, None) if feeds_iter is not None else None
+        if self.needs_calibration(precision) and first is None:
+            raise ConversionError(f"ncnn {precision} needs calibration feeds. Pass calib_feeds, or use precision bf16.")
+        shapes = _shapes(model, inputs, first)
+        info: dict = {}
+        with tempfile.TemporaryDirectory(prefix="edgeslim-ncnn-") as d:
+            d = Path(d)
+            src = d / "model.onnx"
+            onnx.save(_pnnx_input(model), str(src))
+            argv = [pnnx, src.name, "inputshape=" + ",".join(f"[{','.join(map(str, s))}]f32" for s in shapes), "fp16=0"]
+            dyn = [i for i, s in enumerate(shapes) if len(s) == 4]
+            if dyn:  # a second shape tells pnnx which dims vary (OCR widths)
+                s2 = [list(s) for s in shapes]
+                for i in dyn:
+                    s2[i][-1] = s2[i][-1] * 2
+                argv.append("inputshape2=" + ",".join(f"[{','.join(map(str, s))}]f32" for s in s2))
+            run = run_tool(argv, CONVERT_TIMEOUT, cwd=d)
+            param, binf = d / "model.ncnn.param", d / "model.ncnn.bin"
+            if not run.ok or not param.exists() or not binf.exists():
+                raise ConversionError(describe_failure(run, "pnnx", CONVERT_TIMEOUT) + ".")
+            bad = _unsupported_layers(param)
+            if bad:
+                raise ConversionError(f"pnnx left ops ncnn cannot run: {', '.join(bad[:5])}. Convert the model at its "
+                                      "original opset (pass the original model, not one upgraded to opset >= 14).")
+            param_text = param.read_text()
+            if precision.startswith("int8"):
+                _, layers = _parse_param(param_text)
+                q = [L for L in layers if L.type in _QUANT_TYPES]
+                feeds = [first] + [f for _, f in zip(range(calib_limit - 1), feeds_iter)]
+                arrays = {}
+                for j, f in enumerate(feeds):
+                    x = np.asarray(f[inputs[0]], np.float32)
+                    for k in range(x.shape[0]):
+                        arrays[f"{len(arrays)}_s"] = x[k]
+                np.savez(d / "calib.npz", **arrays)
+                bottom = call_function("edgeslim.engines.ncnn:calibrate_blobs", {
+                    "param": str(param), "binf": str(binf), "feeds_file": str(d / "calib.npz"),
+                    "layers": [L.name for L in q], "bottoms": [L.bottoms[0] for L in q], "calibrator": calibrator},
+                    CALIB_TIMEOUT, d, "ncnn calibration")
+                table = out.with_name(out.name.replace(".ncnn.bin", "") + ".table")
+                write_table(table, weight_scales(param_text, binf.read_bytes()), bottom)
+                param_text, data, done = quantize_int8(param_text, binf.read_bytes(), table)
+                binf.write_bytes(data)
+                info = {"calibration": {"samples": len(arrays), "calibrator": calibrator, "table": table.name},
+                        "int8_layers": len(done)}
+            out.write_bytes(binf.read_bytes())
+            out.with_suffix(".param").write_text(param_text)
+        n_in = len(inputs)
+        write_meta(out, {"engine": "ncnn", "precision": precision, "inputs": inputs, "outputs": outputs,
+                         "ncnn_inputs": [f"in{i}" for i in range(n_in)],
+                         "ncnn_outputs": [f"out{i}" for i in range(len(outputs))],
+                         "options": NCNN_PRECISIONS[precision], "convert_shapes": shapes, **info})
+        return out
+
+    def load(self, artifact: Path, threads: int) -> NcnnRunner:
+        artifact = Path(artifact)
+        if not artifact.exists() or not artifact.with_suffix(".param").exists():
+            raise EngineError(f"{artifact}: ncnn model (.bin + .param) not found. Convert one with `edgeslim convert --to ncnn`.")
+        return NcnnRunner(artifact, threads)
