@@ -26,7 +26,7 @@ def test_each_rewrite_is_exact_on_tiny_model():
     m4, n_hs = fuse_hardswish(m3)
     assert n_hs == 1
     m5, n_pw = fold_affine_into_pointwise_conv(m4)
-    assert n_pw == 1  # a*y+b folded into the unpadded conv2
+    assert n_pw == 2  # a*y+b (Mul and Add) folded into the unpadded conv2
     ops = collections.Counter(n.op_type for n in m5.graph.node)
     assert ops == {"Conv": 2, "HardSwish": 1, "GlobalAveragePool": 1, "Flatten": 1, "MatMul": 1}
     for mm in (m1, m2, m3, m4, m5):
@@ -34,17 +34,22 @@ def test_each_rewrite_is_exact_on_tiny_model():
         np.testing.assert_allclose(run_ort(mm, {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
 
 
-def test_affine_not_folded_into_padded_conv():
-    # conv(a*y + b) != a*conv(y) + b*sum(W) at the border when the conv zero-pads
-    from onnx import helper, numpy_helper
+def test_only_the_scale_folds_into_a_padded_conv():
+    # conv(a*y + b) != a*conv(y) + b*sum(W) at the border when the conv zero-pads; a*(y + b/a) keeps it exact
+    from onnx import helper
 
     m = tiny_conv_model()
     for n in m.graph.node:
         if n.name == "conv2":
             del n.attribute[:]
             n.attribute.extend([helper.make_attribute("kernel_shape", [1, 1]), helper.make_attribute("pads", [1, 1, 1, 1])])
+    x = _x()
+    ref = run_ort(m, {"x": x})[0]
     m2, n_pw = fold_affine_into_pointwise_conv(constants_to_initializers(upgrade_opset(m, 17)))
-    assert n_pw == 0
+    assert n_pw == 1
+    ops = collections.Counter(n.op_type for n in m2.graph.node)
+    assert ops["Add"] == 3 and ops["Mul"] == 2  # post_mul gone, post_add kept (now y + b/a)
+    np.testing.assert_allclose(run_ort(m2, {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
 
 
 def test_simplify_default_model_exact(default_model_path):

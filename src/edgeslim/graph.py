@@ -293,9 +293,12 @@ def fuse_hardswish(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
 
 
 def fold_affine_into_pointwise_conv(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """`Add(Mul(y, a), b)` (scalar a, b) whose only consumer is an unpadded Conv -> Conv on y.
+    """`Add(Mul(y, a), b)` (scalar a, b) whose only consumer is a Conv -> folded into that Conv.
 
-    conv(a*y + b) = a*conv(y) + b*sum(W) holds only without zero padding (padding would see 0, not b).
+    Unpadded conv: conv(a*y + b) = conv'(y) with W' = a*W, bias' = bias + b*sum(W): both ops go.
+    Zero-padded conv: the padding would see 0 where the original saw b, so only the scale folds:
+    a*y + b = a*(y + b/a), and conv(a*(y + b/a)) = conv'(y + b/a) with W' = a*W (padding zeros stay zeros).
+    Returns the number of ops removed.
     """
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -316,21 +319,35 @@ def fold_affine_into_pointwise_conv(model: onnx.ModelProto) -> tuple[onnx.ModelP
             if co2 is None or co2[1].size != 1 or co2[0] != mul.output[0]:
                 continue
             conv = gi.sole_consumer(add.output[0])
-            if conv is None or conv.op_type != "Conv" or conv.input[1] not in gi.init:
+            if conv is None or conv.op_type != "Conv" or conv.input[1] not in gi.init or conv.input[0] != add.output[0]:
                 continue
             attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-            if any(attrs.get("pads", [0])) or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
+            if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID"):
                 continue
+            padded = any(attrs.get("pads", [0]))
             a, b0 = float(co[1].reshape(-1)[0]), float(co2[1].reshape(-1)[0])
+            if a == 0.0:
+                continue
             w = gi.const(conv.input[1])
             bias = gi.const(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0], np.float32)
             wname, bname = conv.output[0] + "_W_in_folded", conv.output[0] + "_B_in_folded"
             gi.set_init(wname, w * a)
-            gi.set_init(bname, bias + b0 * w.reshape(w.shape[0], -1).sum(axis=1))
-            del conv.input[:]
-            conv.input.extend([co[0], wname, bname])
-            _remove(m.graph, [mul, add])
-            count += 1
+            if padded:
+                gi.set_init(bname, bias)
+                sname = add.output[0] + "_shift"
+                gi.set_init(sname, np.array([b0 / a], np.float32))
+                del add.input[:]
+                add.input.extend([co[0], sname])
+                del conv.input[:]
+                conv.input.extend([add.output[0], wname, bname])
+                _remove(m.graph, [mul])
+                count += 1
+            else:
+                gi.set_init(bname, bias + b0 * w.reshape(w.shape[0], -1).sum(axis=1))
+                del conv.input[:]
+                conv.input.extend([co[0], wname, bname])
+                _remove(m.graph, [mul, add])
+                count += 2
             done = True
             break
         if not done:
@@ -346,4 +363,4 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
     model, n_affine = fold_conv_affine(model)
     model, n_hs = fuse_hardswish(model)
     model, n_pw = fold_affine_into_pointwise_conv(model)
-    return model, {"conv_affine_ops_folded": n_affine, "hardswish_fused": n_hs, "affine_into_pointwise_conv": n_pw}
+    return model, {"conv_affine_ops_folded": n_affine, "hardswish_fused": n_hs, "affine_ops_into_conv": n_pw}

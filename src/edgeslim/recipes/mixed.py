@@ -3,11 +3,13 @@
 This is the white/black-list idea of automatic mixed precision (PaddlePaddle AMP; NVIDIA's AMP op lists), with
 the black list found by measurement instead of written by hand:
 
-1. Quantize every Conv/MatMul (`int8` with the best calibrator).
+1. White list: quantize the GEMM-shaped nodes (dense convolutions, MatMul, Gemm) with the best calibrator;
+   depthwise convolutions stay fp32 (`scope=gemm`: int8 does not pay there on onnxruntime's CPU provider).
 2. Sensitivity of each quantized node: feed it the fp32 model's own inputs on calibration data, run it with its
    int8 weights and quantized input, and compare its output with fp32 -> SQNR in dB (local, so one node's error
    is not blamed on the nodes after it).
-3. Keep the least-SQNR nodes in fp32, doubling their number, until the calibration-set metric is within budget.
+3. Black list: keep the least-SQNR nodes in fp32, doubling their number, until on the calibration lines the
+   metric drops by at most budget/2 and the output differs from fp32's by at most 2 x budget (CER vs fp32 text).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..graph import toposort
 from ..model import run_all_tensors
 from . import register_recipe
 from .base import Recipe, RecipeContext, RecipeOutput
-from .int8 import best_calibrated, quantize_qdq, calibrated_ranges
+from .int8 import best_calibrated, calibrated_ranges, outside_scope, quantize_qdq
 
 
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
@@ -111,11 +113,13 @@ class Mixed(Recipe):
     @dataclass(frozen=True, kw_only=True)
     class Config:
         ops: str = "Conv+MatMul+Gemm"
+        scope: str = "gemm"
         sensitivity_batches: int = 8
 
     def apply(self, ctx: RecipeContext) -> RecipeOutput:
         ops = tuple(self.config.ops.split("+"))
-        base = best_calibrated(ctx, ops)
+        by_scope = outside_scope(ctx.model, self.config.scope, ops)  # fp32 whatever their sensitivity
+        base = best_calibrated(ctx, ops, exclude=by_scope)
         cal = base.info.get("calibrator", "minmax")
         feeds = []
         for f in ctx.calib_feeds():
@@ -124,13 +128,13 @@ class Mixed(Recipe):
                 break
         table = node_sensitivity(ctx.model, base.model, feeds, ops)
         if ctx.calib_drop is None:
-            return RecipeOutput(base.model, {"calibrator": cal, "sensitivity": table, "fp32_nodes": []})
+            return RecipeOutput(base.model, {"calibrator": cal, "sensitivity": table, "fp32_nodes": list(by_scope)})
         ranges = calibrated_ranges(ctx, cal, ops)
         order = [r["node"] for r in table]
         trials, chosen = [], None
         k_values = [0] + [2**i for i in range(0, 12) if 2**i < len(order)] + [len(order)]
         for k in k_values:
-            m = base.model if k == 0 else quantize_qdq(ctx.model, ranges, op_types=ops, exclude=tuple(order[:k]))
+            m = base.model if k == 0 else quantize_qdq(ctx.model, ranges, op_types=ops, exclude=by_scope + tuple(order[:k]))
             drop, fid = ctx.calib_drop(m)
             trials.append({"fp32_nodes": k, "calib_drop": round(drop, 5), **{f: round(v, 5) for f, v in fid.items()}})
             if ctx.progress:
@@ -143,4 +147,5 @@ class Mixed(Recipe):
         k, m = chosen
         for r in table:
             r["kept_fp32"] = r["node"] in set(order[:k])
-        return RecipeOutput(m, {"calibrator": cal, "sensitivity": table, "fp32_nodes": order[:k], "search": trials})
+        return RecipeOutput(m, {"calibrator": cal, "sensitivity": table, "fp32_nodes": list(by_scope) + order[:k],
+                                "fp32_by_scope": len(by_scope), "fp32_by_sensitivity": k, "search": trials})
