@@ -6,7 +6,7 @@ relative to the repository root), split deterministically 80/20 into train/test 
 The binary models use the two-step recipe (binary activations + real weights, then binary
 weights); the fp32 model trains for the same total number of epochs.
 
-    python benchmarks/bnn_mnist.py [--epochs 3] [--train-size 8000] [--rounds 30]
+    python benchmarks/bnn_mnist.py [--epochs 2] [--train-size 8000] [--rounds 30]
 
 Ends with ``RESULT fp32_acc=<x> xnor_acc=<x> reactnet_acc=<x> packed_vs_fp32_latency=<x>``;
 ``packed_vs_fp32_latency`` is the packed XNOR model's batch-1 latency divided by the fp32
@@ -59,10 +59,12 @@ def ort_session(model: torch.nn.Module, batch: int) -> ort.InferenceSession:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=default_data())
-    ap.add_argument("--epochs", type=int, default=3, help="epochs per step (fp32 trains 2x this)")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per step (fp32 trains 2x this)")
     ap.add_argument("--train-size", type=int, default=8000)
-    ap.add_argument("--widths", default="32,64,64,128,128")
+    ap.add_argument("--widths", default="16,32,32,64,64")
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="folder (outside the repo) to save trained weights in and reuse on the next run")
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     numba.set_num_threads(THREADS)
@@ -83,14 +85,21 @@ def main() -> None:
         torch.manual_seed(0)
         m = MnistBNN(kind, widths=widths)
         t = time.perf_counter()
-        if kind == "fp32":
+        tag = f"{kind}-w{'-'.join(map(str, widths))}-e{args.epochs}-n{len(tr)}.pt"
+        if args.cache is not None and (args.cache / tag).is_file():
+            m.load_state_dict(torch.load(args.cache / tag))
+            m.eval()
+        elif kind == "fp32":
             fit(m, x[tr], y[tr], FitConfig(epochs=2 * args.epochs, lr=2e-3, batch_size=64, seed=0))
         else:
             two_step(m, x[tr], y[tr], cfg1, cfg2)
         train_s[kind] = time.perf_counter() - t
+        if args.cache is not None and not (args.cache / tag).is_file():
+            args.cache.mkdir(parents=True, exist_ok=True)
+            torch.save(m.state_dict(), args.cache / tag)
         acc[kind] = evaluate(m, x[te], y[te])
         models[kind] = m
-        print(f"  trained {kind:<9} in {train_s[kind]:6.1f} s: test top-1 {acc[kind]:.4f}")
+        print(f"  {kind:<9} trained (or loaded from --cache) in {train_s[kind]:6.1f} s: test top-1 {acc[kind]:.4f}")
 
     packed = {k: export_packed(models[k]) for k in ("xnor", "reactnet")}
     xt = x[te].numpy()

@@ -304,11 +304,10 @@ class PackedBNN:
         return int(sum(a.nbytes for a in arrays))
 
     def _stem(self, x: np.ndarray) -> np.ndarray:
-        # x [B, 1, 28, 28] -> NHWC [B, 28, 28, C]; one input channel, so nine shifted copies
-        xp = np.pad(x[:, 0], ((0, 0), (1, 1), (1, 1)))
-        h, w = x.shape[2], x.shape[3]
-        taps = np.stack([xp[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], axis=-1)
-        return taps @ self.stem_w.reshape(self.stem_w.shape[0], 9).T + self.stem_b
+        # x [B, 1, H, W] -> NHWC [B, H, W, C]: a direct 3x3 conv with one input channel (numba)
+        out = np.empty((x.shape[0], x.shape[2], x.shape[3], self.stem_w.shape[0]), dtype=np.float32)
+        _stem_kernel()(np.ascontiguousarray(x[:, 0]), self.stem_w.reshape(self.stem_w.shape[0], 9), self.stem_b, out)
+        return out
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Logits ``[B, classes]`` for images ``[B, 1, H, W]`` (float32, normalized like training)."""
@@ -336,6 +335,39 @@ class PackedBNN:
                 y = y - gamma
                 h = (np.where(y >= 0, y, y * slope) + zeta).astype(np.float32)
         return h.mean(axis=(1, 2)) @ self.fc_w.T + self.fc_b
+
+
+_STEM = []
+
+
+def _stem_kernel():
+    """Compiled lazily so importing this module needs no numba."""
+    if not _STEM:
+        from numba import njit
+
+        @njit(nogil=True, fastmath=True, cache=True)
+        def stem(x, w, b, out):
+            n, h, wd = x.shape
+            o_n = w.shape[0]
+            for bi in range(n):
+                for y in range(h):
+                    for xx in range(wd):
+                        for o in range(o_n):
+                            out[bi, y, xx, o] = b[o]
+                        for dy in range(3):
+                            iy = y - 1 + dy
+                            if iy < 0 or iy >= h:
+                                continue
+                            for dx in range(3):
+                                ix = xx - 1 + dx
+                                if ix < 0 or ix >= wd:
+                                    continue
+                                v = x[bi, iy, ix]
+                                for o in range(o_n):
+                                    out[bi, y, xx, o] += v * w[o, dy * 3 + dx]
+
+        _STEM.append(stem)
+    return _STEM[0]
 
 
 def _np_shortcut(h: np.ndarray, stride: int, cout: int) -> np.ndarray:
