@@ -75,3 +75,25 @@ def test_raw_task_with_failing_recipe_is_recorded(tmp_path, tiny):
     assert "unknown calibrator 'nope'" in by["ort/int8:calibrator=nope"]["reason"]
     assert by["ort/fp32"]["status"] == "ok" and d["selected"] in by
     assert (out / "results.json").exists() and (out / "model.onnx").exists()
+
+
+def test_inspect_bench_quantize_commands(tmp_path, tiny):
+    r = edgeslim("inspect", tiny, "--shape", "1x3x8x8", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["params"] == 180 and d["macs"] == 4 * 64 * 27 + 6 * 64 * 4 + 30 and d["census"]["Conv"] == 2
+    r = edgeslim("bench", tiny, "--shape", "2x3x8x8", "--rounds", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    lat = d["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert d["input_shapes"]["x"] == [2, 3, 8, 8] and d["peak_rss_mb"] > 10 and d["throughput_per_s"] > 0
+    assert d["telemetry"]["samples"] >= 0 and "cpu_percent" in d["telemetry"]
+    np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).normal(0, 1, (8, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "q" / "tiny-w4.onnx"
+    r = edgeslim("quantize", tiny, "--recipe", "w4:min_elements=1", "--task", "raw", "--calib", tmp_path / "c.npz", "-o", out)
+    assert r.returncode == 0, r.stderr
+    import onnx
+
+    m = onnx.load(str(out))
+    assert any(t.data_type == onnx.TensorProto.INT4 for t in m.graph.initializer)
