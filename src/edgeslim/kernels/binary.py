@@ -30,6 +30,7 @@ References
 
 from __future__ import annotations
 
+import types as _pytypes
 from dataclasses import dataclass
 
 import numba
@@ -83,8 +84,16 @@ SERIAL_BELOW = 400_000
 
 
 def _serial(kernel):
-    """The same kernel compiled without ``parallel`` (``prange`` runs as ``range``)."""
-    return njit(**_JIT)(kernel.py_func)
+    """The same kernel compiled without ``parallel`` (``prange`` runs as ``range``).
+
+    A renamed copy of the Python function, because numba's on-disk cache is keyed by the
+    function's qualified name and code, not by the ``parallel`` flag.
+    """
+    f = kernel.py_func
+    g = _pytypes.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__, f.__closure__)
+    g.__qualname__ = f.__qualname__ + "_serial"
+    g.__module__ = f.__module__
+    return njit(**_JIT)(g)
 
 
 # ----------------------------------------------------------------------------- packing
