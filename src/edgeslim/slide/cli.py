@@ -43,6 +43,7 @@ def train(
     l: int = typer.Option(16, "-L", help="number of hash tables"),
     bucket_size: int = typer.Option(64),
     max_active: int = typer.Option(1024, help="cap on LSH-chosen output neurons per sample"),
+    n_random: int = typer.Option(0, help="uniform negatives added per sample outside the active set (0: paper's SLIDE)"),
     threads: int = typer.Option(2, help="threads for numba and torch"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("edgeslim-out/slide"), help="folder for history.json and p1_vs_time.png"),
@@ -73,7 +74,7 @@ def train(
         params = init_params(tr_data.n_features, tr_data.n_labels, hidden, seed)
         common = dict(n_features=tr_data.n_features, n_labels=tr_data.n_labels, hidden=hidden, lr=lr,
                       params=params, threads=threads, seed=seed)
-        methods = {"slide": make_trainer("slide", max_active=max_active, hash=HashConfig(
+        methods = {"slide": make_trainer("slide", max_active=max_active, n_random=n_random, hash=HashConfig(
             family=family, K=k, L=l, bucket_size=bucket_size, seed=seed), **common)}
         if baselines:
             methods["dense"] = make_trainer("dense", **common)

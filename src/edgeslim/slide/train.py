@@ -67,8 +67,8 @@ class SlideTrainer:
 @TRAINERS.register("slide")
 def _make_slide(*, n_features: int, n_labels: int, hidden: int = 128, lr: float = 1e-3, seed: int = 0,
                 params: dict | None = None, max_active: int = 2048, hash: HashConfig | None = None,
-                backend: str = "auto", **_: Any) -> Trainer:
-    cfg = SlideConfig(hidden=hidden, lr=lr, seed=seed, max_active=max_active,
+                backend: str = "auto", n_random: int = 0, **_: Any) -> Trainer:
+    cfg = SlideConfig(hidden=hidden, lr=lr, seed=seed, max_active=max_active, n_random=n_random,
                       hash=hash or HashConfig(), backend=backend)
     return SlideTrainer(SlideNetwork(n_features=n_features, n_labels=n_labels, config=cfg, params=params))
 
