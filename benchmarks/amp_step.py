@@ -5,7 +5,7 @@ Model: the fp32 MnistBNN shape (3x3 convs 32-64-64-128-128, GAP, linear) on a ba
 the ratio is fp32 step time / bf16 step time per round (above 1 means bf16 is faster).
 Also shows torch.autocast (torch's own lists) for reference.
 
-    python benchmarks/amp_step.py [--rounds 15] [--batch 64]
+    python benchmarks/amp_step.py [--rounds 7] [--batch 64]
 
 Ends with ``RESULT amp_bf16_speedup=<fp32 step / edgeslim bf16 step>``.
 """
@@ -41,9 +41,9 @@ def cpu_flags() -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--inner", type=int, default=3)
+    ap.add_argument("--inner", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
@@ -58,7 +58,7 @@ def main() -> None:
             loss = nn.functional.cross_entropy(model(xb), yb)
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     steps = {
         "fp32": _plain_step,
