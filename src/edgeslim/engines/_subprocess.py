@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .base import ConversionError
 
-__all__ = ["ToolRun", "run_tool", "run_python", "call_function", "last_line"]
+__all__ = ["ToolRun", "run_tool", "run_python", "call_function", "last_line", "describe_failure"]
 
 # Child processes get this environment: quiet, no pip or network side effects from tool wrappers.
 _CHILD_ENV = {"PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -67,9 +67,14 @@ def run_python(code: str, args: list[str], timeout: float, cwd: Path | None = No
 def describe_failure(run: ToolRun, what: str, timeout: float) -> str:
     if run.timed_out:
         return f"{what} hung (no result within {timeout:.0f} s; killed)"
-    sig = f"signal {-run.returncode}" if run.returncode < 0 else f"exit code {run.returncode}"
-    line = last_line(run.stderr, run.stdout)
-    return f"{what} failed ({sig}): {line or 'no message'}"
+    if run.returncode < 0:
+        how = f"signal {-run.returncode}"
+    elif run.returncode == 0:
+        how = "exited 0 but wrote no model"
+    else:
+        how = f"exit code {run.returncode}"
+    line = last_line(run.stderr, run.stdout).rstrip(".!")
+    return f"{what} failed ({how}): {line or 'no message'}"
 
 
 _CALL = """

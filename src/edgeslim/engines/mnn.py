@@ -9,8 +9,10 @@ Conversion runs MNN's converter in a child process through the wheel's native `_
 
 Precisions: `fp32`; `low` (MNN precision low: fp16 arithmetic where the CPU has it, fp32 elsewhere);
 `bf16` (precision lowBF16, where the build has it); `w8`/`w4` (weights stored in 8/4 bits; loaded with memory=low
-so MNN computes with dynamically quantized int8 activations); `int8` (full int8: activation scales from
-calibration feeds through MNN's quantizer).
+so MNN computes with dynamically quantized int8 activations); `int8` (full int8: edgeslim's own static int8
+recipe, per-channel QDQ with its calibrators, which MNN's converter turns into int8 layers); `int8-mnnquant`
+(MNN's own quantizer fed with the calibration inputs as images; kept for comparison: on PP-OCRv4 its KL ranges
+collapse the output, CER 1.0, and its EMA/ADMM methods crash the tool).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ MNN_PRECISIONS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "w8": (("--weightQuantBits", "8"), "normal", "low"),
     "w4": (("--weightQuantBits", "4", "--weightQuantBlock", "32"), "normal", "low"),
     "int8": ((), "normal", "normal"),
+    "int8-mnnquant": ((), "normal", "normal"),
 }
 CONVERT_TIMEOUT = 300.0
 QUANT_TIMEOUT = 600.0
@@ -112,7 +115,7 @@ def _onnx_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return [i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output]
 
 
-def _calib_images(feeds: Iterable[Feeds], input_name: str, folder: Path, limit: int = 64) -> dict:
+def _calib_images(feeds: Iterable[Feeds], input_name: str, folder: Path, limit: int = 64, method: str = "KL") -> dict:
     """Write calibration feeds as 8-bit images plus the (mean, normal) that maps them back onto the feeds.
 
     MNN's quantizer reads calibration data as images and applies dst = (src - mean) * normal; a linear map of
@@ -146,8 +149,22 @@ def _calib_images(feeds: Iterable[Feeds], input_name: str, folder: Path, limit: 
     w = int(np.bincount(widths).argmax())
     c = int(xs[0].shape[0])
     return {"format": "BGR" if c == 3 else "GRAY", "mean": [mean] * c, "normal": [normal] * c, "width": w, "height": h,
-            "path": str(folder) + "/", "used_image_num": len(xs), "feature_quantize_method": "KL",
+            "path": str(folder) + "/", "used_image_num": len(xs), "feature_quantize_method": method,
             "weight_quantize_method": "MAX_ABS", "batch_size": 1}
+
+
+def _qdq_int8(model: onnx.ModelProto, feeds: list[Feeds]) -> tuple[onnx.ModelProto, dict]:
+    """edgeslim's static int8 recipe (per-channel QDQ, its own calibrators) on the prepared model."""
+    from ..recipes import RecipeContext, get_recipe
+    from ..study import prepare
+
+    if not feeds:
+        raise ConversionError("mnn int8 needs calibration feeds. Pass calib_feeds, or use precision w8.")
+    prepared, rewrites = prepare(model)
+    out = get_recipe("int8").apply(RecipeContext(model=prepared, original=model, calib_feeds=lambda: iter(feeds),
+                                                 cache={"rewrites": rewrites, "calib_count": len(feeds)}))
+    info = {k: v for k, v in out.info.items() if isinstance(v, (str, int, float))}
+    return out.model, {"int8": {"method": "edgeslim int8 recipe (QDQ)", **info}}
 
 
 @register_engine("mnn")
@@ -165,13 +182,15 @@ class MnnEngine(Engine):
         return tuple(MNN_PRECISIONS)
 
     def needs_calibration(self, precision: str) -> bool:
-        return precision == "int8"
+        return precision.startswith("int8")
 
     def artifact_files(self, artifact: Path) -> list[Path]:
         return [Path(artifact)]
 
     def convert(self, model: onnx.ModelProto, out: Path, precision: str = "fp32",
-                calib_feeds: Iterable[Feeds] | None = None) -> Path:
+                calib_feeds: Iterable[Feeds] | None = None, feature_method: str = "KL") -> Path:
+        """Write the .mnn model and its .json sidecar. `feature_method`: MNN's activation range method for int8
+        (KL, ADMM or EMA)."""
         self.check_precision(precision)
         if not self.available():
             _import_mnn()
@@ -179,6 +198,11 @@ class MnnEngine(Engine):
         out.parent.mkdir(parents=True, exist_ok=True)
         flags, rt_precision, memory = MNN_PRECISIONS[precision]
         inputs, outputs = _onnx_names(model)
+        info: dict = {}
+        if precision == "int8":
+            if calib_feeds is None:
+                raise ConversionError("mnn int8 needs calibration feeds. Pass calib_feeds, or use precision w8.")
+            model, info = _qdq_int8(model, list(calib_feeds))
         with tempfile.TemporaryDirectory(prefix="edgeslim-mnn-") as d:
             d = Path(d)
             src = d / "model.onnx"
@@ -188,11 +212,10 @@ class MnnEngine(Engine):
                                         "edgeslim", *flags], CONVERT_TIMEOUT, cwd=d)
             if not run.ok or not fp.exists():
                 raise ConversionError(describe_failure(run, "mnn converter", CONVERT_TIMEOUT) + ".")
-            info: dict = {}
-            if precision == "int8":
+            if precision == "int8-mnnquant":
                 if calib_feeds is None:
                     raise ConversionError("mnn int8 needs calibration feeds. Pass calib_feeds, or use precision w8.")
-                cfg = _calib_images(calib_feeds, inputs[0], d / "calib")
+                cfg = _calib_images(calib_feeds, inputs[0], d / "calib", method=feature_method)
                 cfg_file = d / "quant.json"
                 cfg_file.write_text(__import__("json").dumps(cfg))
                 q = d / "int8.mnn"

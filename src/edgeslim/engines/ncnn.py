@@ -125,20 +125,23 @@ def _pnnx_input(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _shapes(model: onnx.ModelProto, inputs: list[str], sample: Feeds | None) -> list[list[int]]:
-    shapes = []
+def _shapes(model: onnx.ModelProto, inputs: list[str], sample: Feeds | None) -> tuple[list[list[int]], list[list[int]]]:
+    """Two example shapes per input for pnnx: the last dynamic dim differs between them, so pnnx keeps it dynamic
+    (OCR line widths); other dims take the example's value (PP-OCR's head needs height 48, so a doubled height
+    fails). Examples come from a sample feed, else 1 (batch) / 32."""
     by_name = {i.name: i for i in model.graph.input}
+    first, second = [], []
     for name in inputs:
-        if sample is not None and name in sample:
-            shapes.append([int(s) for s in np.shape(sample[name])])
-            continue
         dims = by_name[name].type.tensor_type.shape.dim
-        shape = [d.dim_value if d.dim_value > 0 else None for d in dims]
-        if any(s is None for s in shape):
-            raise ConversionError(f"input {name!r} has dynamic dims {['?' if s is None else s for s in shape]}; pnnx "
-                                  "needs one example shape. Pass calib_feeds (or a model with a fixed input shape).")
-        shapes.append(shape)
-    return shapes
+        dyn = [not d.dim_value > 0 for d in dims]
+        if sample is not None and name in sample:
+            shape = [int(s) for s in np.shape(sample[name])]
+        else:
+            shape = [d.dim_value if d.dim_value > 0 else (1 if i == 0 else 32) for i, d in enumerate(dims)]
+        first.append(shape)
+        last = max((i for i in range(1, len(dyn)) if dyn[i]), default=None)
+        second.append([s * 2 if i == last else s for i, s in enumerate(shape)])
+    return first, second
 
 
 def _unsupported_layers(param: Path) -> list[str]:
@@ -252,7 +255,7 @@ def _blobs(layer: _Layer, b: _Bin) -> list[tuple[int, np.ndarray]]:
             out.append((0, b.tagged(m_ * k_)))
         if i(5):
             out.append((0, b.tagged(n_ * k_)))
-        if i(6):
+        if i(6) and i(10, 0) != -1:  # ncnn loads C only when its broadcast type (default 0) is not -1
             bt = i(10)
             n = {0: 1, 1: m_, 2: m_, 3: m_ * n_, 4: n_}.get(bt)
             if n is None:
@@ -335,7 +338,7 @@ def quantize_int8(param_text: str, bin_data: bytes, table: Path) -> tuple[str, b
 
 
 def calibrate_blobs(param: str, binf: str, feeds_file: str, layers: list[str], bottoms: list[str],
-                    calibrator: str = "entropy", threads: int = 2) -> dict:
+                    calibrator: str = "percentile", threads: int = 2) -> dict:
     """Run in a child process: stream calibration feeds through the fp32 ncnn net, range of each layer's input."""
     import ncnn
 
@@ -392,7 +395,7 @@ class NcnnEngine(Engine):
         return [artifact, artifact.with_suffix(".param")]
 
     def convert(self, model: onnx.ModelProto, out: Path, precision: str = "fp32",
-                calib_feeds: Iterable[Feeds] | None = None, calibrator: str = "entropy", calib_limit: int = 64) -> Path:
+                calib_feeds: Iterable[Feeds] | None = None, calibrator: str = "percentile", calib_limit: int = 64) -> Path:
         """Write `<out>` (weights, `.ncnn.bin`), `<out>.param` beside it (suffix replaced) and the `.json` sidecar."""
         self.check_precision(precision)
         _import_ncnn()
@@ -404,19 +407,15 @@ class NcnnEngine(Engine):
         first = next(feeds_iter, None) if feeds_iter is not None else None
         if self.needs_calibration(precision) and first is None:
             raise ConversionError(f"ncnn {precision} needs calibration feeds. Pass calib_feeds, or use precision bf16.")
-        shapes = _shapes(model, inputs, first)
+        shapes, shapes2 = _shapes(model, inputs, first)
         info: dict = {}
         with tempfile.TemporaryDirectory(prefix="edgeslim-ncnn-") as d:
             d = Path(d)
             src = d / "model.onnx"
             onnx.save(_pnnx_input(model), str(src))
             argv = [pnnx, src.name, "inputshape=" + ",".join(f"[{','.join(map(str, s))}]f32" for s in shapes), "fp16=0"]
-            dyn = [i for i, s in enumerate(shapes) if len(s) == 4]
-            if dyn:  # a second shape tells pnnx which dims vary (OCR widths)
-                s2 = [list(s) for s in shapes]
-                for i in dyn:
-                    s2[i][-1] = s2[i][-1] * 2
-                argv.append("inputshape2=" + ",".join(f"[{','.join(map(str, s))}]f32" for s in s2))
+            if shapes2 != shapes:  # a second shape tells pnnx which dims vary (OCR widths)
+                argv.append("inputshape2=" + ",".join(f"[{','.join(map(str, s))}]f32" for s in shapes2))
             run = run_tool(argv, CONVERT_TIMEOUT, cwd=d)
             param, binf = d / "model.ncnn.param", d / "model.ncnn.bin"
             if not run.ok or not param.exists() or not binf.exists():
