@@ -48,7 +48,7 @@ def test_only_the_scale_folds_into_a_padded_conv():
     m2, n_pw = fold_affine_into_pointwise_conv(constants_to_initializers(upgrade_opset(m, 17)))
     assert n_pw == 1
     ops = collections.Counter(n.op_type for n in m2.graph.node)
-    assert ops["Add"] == 3 and ops["Mul"] == 2  # post_mul gone, post_add kept (now y + b/a)
+    assert ops["Add"] == 2 and ops["Mul"] == 2 and ops["BatchNormalization"] == 1  # a*y+b -> BN(y) + b/a, a in W
     np.testing.assert_allclose(run_ort(m2, {"x": x})[0], ref, rtol=1e-4, atol=1e-4)
 
 

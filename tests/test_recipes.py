@@ -66,8 +66,9 @@ def test_mixed_reports_sensitivity_table():
     out = get_recipe("mixed").apply(_ctx())
     table = out.info["sensitivity"]
     assert {r["node"] for r in table} == {"conv1", "conv2", "fc"}
-    assert [r["sqnr_db"] for r in table] == sorted(r["sqnr_db"] for r in table)
-    assert all(r["sqnr_db"] > 10 for r in table)
+    assert [r["output_sqnr_db"] for r in table] == sorted(r["output_sqnr_db"] for r in table)
+    assert all(r["sqnr_db"] > 10 and r["output_sqnr_db"] > 10 for r in table)
+    assert all(isinstance(r["kept_fp32"], bool) for r in table)
 
 
 def test_recipe_options_are_checked():

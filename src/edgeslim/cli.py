@@ -92,8 +92,8 @@ def _table(title: str, headers: list[str], rows: list[list[str]]):
     from rich.table import Table
 
     t = Table(title=title)
-    for h in headers:
-        t.add_column(h)
+    for i, h in enumerate(headers):
+        t.add_column(h, no_wrap=i < len(headers) - 1, overflow="ellipsis" if i < len(headers) - 1 else "fold")
     for r in rows:
         t.add_row(*r)
     return t

@@ -297,7 +297,8 @@ def fold_affine_into_pointwise_conv(model: onnx.ModelProto) -> tuple[onnx.ModelP
 
     Unpadded conv: conv(a*y + b) = conv'(y) with W' = a*W, bias' = bias + b*sum(W): both ops go.
     Zero-padded conv: the padding would see 0 where the original saw b, so only the scale folds:
-    a*y + b = a*(y + b/a), and conv(a*(y + b/a)) = conv'(y + b/a) with W' = a*W (padding zeros stay zeros).
+    a*y + b = a*(y + b/a), and conv(a*(y + b/a)) = conv'(y + b/a) with W' = a*W (padding zeros stay zeros);
+    the shift b/a becomes a BatchNormalization (identity statistics) so the blocked CPU layout keeps it.
     Returns the number of ops removed.
     """
     m = onnx.ModelProto()
@@ -333,14 +334,24 @@ def fold_affine_into_pointwise_conv(model: onnx.ModelProto) -> tuple[onnx.ModelP
             wname, bname = conv.output[0] + "_W_in_folded", conv.output[0] + "_B_in_folded"
             gi.set_init(wname, w * a)
             if padded:
+                # The shift stays as a per-channel BatchNormalization rather than a scalar Add: onnxruntime's NCHWc
+                # layout runs BatchNormalization in the blocked layout, but a scalar Add forces a reorder out and
+                # back in around it (measured on PP-OCRv4: 1.43x vs 1.31x over the original with the Add).
                 gi.set_init(bname, bias)
-                sname = add.output[0] + "_shift"
-                gi.set_init(sname, np.array([b0 / a], np.float32))
-                del add.input[:]
-                add.input.extend([co[0], sname])
+                group = int(attrs.get("group", 1))
+                cin = int(w.shape[1]) * group
+                pre = add.output[0] + "_shift"
+                gi.set_init(pre + "_scale", np.ones(cin, np.float32))
+                gi.set_init(pre + "_bias", np.full(cin, b0 / a, np.float32))
+                gi.set_init(pre + "_mean", np.zeros(cin, np.float32))
+                gi.set_init(pre + "_var", np.full(cin, 1.0 - 1e-5, np.float32))
+                bn = helper.make_node("BatchNormalization", [co[0], pre + "_scale", pre + "_bias", pre + "_mean", pre + "_var"],
+                                      [add.output[0]], epsilon=1e-5, name=add.name + "_as_bn")
+                idx = list(m.graph.node).index(add)
+                m.graph.node.insert(idx, bn)
                 del conv.input[:]
                 conv.input.extend([add.output[0], wname, bname])
-                _remove(m.graph, [mul])
+                _remove(m.graph, [mul, add])
                 count += 1
             else:
                 gi.set_init(bname, bias + b0 * w.reshape(w.shape[0], -1).sum(axis=1))

@@ -74,10 +74,12 @@ def markdown(result) -> str:
     sens = _sensitivity_rows(result)
     if sens:
         lines += ["", "## Per-node sensitivity (mixed precision)", "",
-                  "Local SQNR of each int8 node's output against fp32 on calibration data (lowest = most sensitive).", "",
-                  "| node | op | SQNR dB | kept fp32 |", "|---|---|---|---|"]
+                  "SQNR against fp32 on calibration data: local (the node's own output, fed fp32 inputs) and at the model "
+                  "output (only that node quantized). Ranked by output SQNR, lowest = most sensitive.", "",
+                  "| node | op | local SQNR dB | output SQNR dB | kept fp32 |", "|---|---|---|---|---|"]
         for r in sens:
-            lines.append(f"| {r['node']} | {r['op']} | {r['sqnr_db']:.1f} | {'yes' if r.get('kept_fp32') else ''} |")
+            lines.append(f"| {r['node']} | {r['op']} | {r['sqnr_db']:.1f} | {r.get('output_sqnr_db', float('nan')):.1f} | "
+                         f"{'yes' if r.get('kept_fp32') else ''} |")
     tel = d.get("telemetry") or {}
     if tel.get("samples"):
         lines += ["", "## Telemetry during benchmarking", ""]
@@ -96,7 +98,8 @@ def _html(result, md_text: str, png: bytes) -> str:
         for c, r in zip(result.candidates, result.to_rows())
     )
     sens = "".join(
-        f"<tr><td>{html.escape(r['node'])}</td><td>{r['op']}</td><td>{r['sqnr_db']:.1f}</td><td>{'yes' if r.get('kept_fp32') else ''}</td></tr>"
+        f"<tr><td>{html.escape(r['node'])}</td><td>{r['op']}</td><td>{r['sqnr_db']:.1f}</td>"
+        f"<td>{r.get('output_sqnr_db', float('nan')):.1f}</td><td>{'yes' if r.get('kept_fp32') else ''}</td></tr>"
         for r in _sensitivity_rows(result)
     )
     img = base64.b64encode(png).decode()
@@ -110,7 +113,7 @@ baseline <b>{html.escape(result.baseline)}</b>; selected <b>{html.escape(result.
 Machine: {html.escape(str(d['machine'].get('cpu')))}, {d['threads']} threads. Bench input {d['bench_input_shape']}.</p>
 <table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
 <h2>Metric vs latency</h2><img alt="pareto" src="data:image/png;base64,{img}">
-{('<h2>Per-node sensitivity (mixed precision)</h2><table><tr><th>node</th><th>op</th><th>SQNR dB</th><th>kept fp32</th></tr>' + sens + '</table>') if sens else ''}
+{('<h2>Per-node sensitivity (mixed precision)</h2><table><tr><th>node</th><th>op</th><th>local SQNR dB</th><th>output SQNR dB</th><th>kept fp32</th></tr>' + sens + '</table>') if sens else ''}
 </body></html>"""
 
 

@@ -109,7 +109,7 @@ class StudyResult:
                 "-" if not c.latency_ms else f"{c.latency_ms['p50']:.2f}",
                 "-" if c.speedup is None else f"{c.speedup:.2f}x",
                 "-" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f} MB",
-                c.reason[:70],
+                c.reason,
             ])
         return rows
 
