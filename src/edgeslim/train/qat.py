@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -203,7 +204,9 @@ def export_qdq(model: nn.Module, example: torch.Tensor, *, opset: int = 17,
     f = io.BytesIO()
     axes = {n: {0: "batch"} for n in (*input_names, *output_names)} if dynamic_batch else None
     try:
-        with export_mode(), torch.no_grad():
+        with export_mode(), torch.no_grad(), warnings.catch_warnings():
+            # the TorchScript exporter warns about its own deprecation and about constants it traces
+            warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), f, dynamo=False, opset_version=opset,
                               input_names=list(input_names), output_names=list(output_names), dynamic_axes=axes)
     finally:
