@@ -76,8 +76,8 @@ def test_export_qdq_runs_in_onnxruntime_and_matches_torch():
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        first = first if first is not None else float(loss)
-    assert float(loss) < first  # fake-quantized training still learns
+        first = first if first is not None else float(loss.detach())
+    assert float(loss.detach()) < first  # fake-quantized training still learns
     model.eval()
     proto = export_qdq(model, x[:1])
     ops = [n.op_type for n in proto.graph.node]
