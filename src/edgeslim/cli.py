@@ -18,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Hand it a model and a little data; get back a smaller, faster on-device model, measured against the original.")
 _state = {"debug": bool(os.environ.get("EDGESLIM_DEBUG"))}
 
-DEFAULT_EVAL_LIMIT = 200  # eval lines in the default (non --full) run: keeps it within 5 minutes on 2 cores
+DEFAULT_EVAL_LIMIT = 150  # eval lines in the default (non --full) run: keeps it within 5 minutes on 2 cores
 
 
 @app.callback()
@@ -150,7 +150,10 @@ def optimize(
 
     con = Console()
     con.print(_table(f"{label}: {result.metric_name} budget {result.budget} (baseline {result.baseline})",
-                     ["candidate", "status", result.metric_name, "agree", "p50 ms", "speedup", "size", "reason"], result.to_rows()))
+                     ["candidate", "status", result.metric_name, "agree", "p50 ms", "speedup", "size"], [r[:-1] for r in result.to_rows()]))
+    for c in result.candidates:
+        if c.status != "ok":
+            con.print(f"  {c.id} {c.status}: {c.reason}", soft_wrap=True)
     con.print(f"selected: [bold]{result.selected or 'none'}[/bold]  ->  {outdir}/  ({result.seconds:.0f} s)")
 
 

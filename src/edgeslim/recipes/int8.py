@@ -57,7 +57,7 @@ def calibrated_ranges(ctx: RecipeContext, calibrator: str, op_types: tuple[str, 
 
 def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], *, per_channel: bool = True,
                  op_types: tuple[str, ...] = DEFAULT_OPS, exclude: tuple[str, ...] = (),
-                 activation: str = "uint8", weight: str = "int8") -> onnx.ModelProto:
+                 activation: str = "uint8", weight: str = "int8", reduce_range: bool = False) -> onnx.ModelProto:
     """QDQ-quantize `model` with the given activation ranges (onnxruntime's quantizer does the surgery)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
@@ -69,7 +69,7 @@ def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
         try:
             quantize_static(
-                model, str(out), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                model, str(out), None, quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
                 activation_type=qt[activation], weight_type=qt[weight], op_types_to_quantize=list(op_types),
                 nodes_to_exclude=list(exclude), calibrate_method=CalibrationMethod.MinMax,
                 calibration_cache_path=str(cache),
