@@ -279,6 +279,12 @@ def zoo_list() -> None:
         typer.echo(f"{name:18s} {ZOO.get(name).description}")
 
 
+def _mount_commands() -> None:
+    from .engines.cli import convert
+
+    app.command("convert")(convert)
+
+
 def _mount_optional() -> None:
     # Sub-apps of optional parts: mounted when their module imports (their extras may be missing).
     for mod, name in (("edgeslim.slide.cli", "slide"), ("edgeslim.train.cli", "train")):
@@ -290,6 +296,7 @@ def _mount_optional() -> None:
 
 
 def main() -> None:
+    _mount_commands()
     _mount_optional()
     debug = _state["debug"] or "--debug" in sys.argv
     try:
