@@ -8,7 +8,8 @@ Heavy parts (numba, torch) import lazily.
 
 from .data import SyntheticConfig, XMCData, load_xmc, make_synthetic_xmc, save_xmc
 from .hashing import HASH_FAMILIES, DWTA, HashConfig, LSHTables, SimHash
-from .network import SlideConfig, SlideNetwork, init_params, precision_at_k
+from .network import SlideConfig, SlideNetwork, init_params, precision_at_k, warmup
+from .train import TRAINERS, FitConfig, FitResult, FitRun, fit, fit_interleaved, make_trainer, time_to_reach
 
 __all__ = [
     "SyntheticConfig",
@@ -25,4 +26,13 @@ __all__ = [
     "SlideNetwork",
     "init_params",
     "precision_at_k",
+    "warmup",
+    "TRAINERS",
+    "FitConfig",
+    "FitResult",
+    "FitRun",
+    "fit",
+    "fit_interleaved",
+    "make_trainer",
+    "time_to_reach",
 ]
