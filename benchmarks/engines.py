@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-limit", type=int, default=None)
+    ap.add_argument("--eval-threads", type=int, default=1, help="threads for accuracy runs (timing uses --threads)")
     ap.add_argument("--calib", type=int, default=64)
     ap.add_argument("--parity-samples", type=int, default=8)
     ap.add_argument("--only", default=None, help="comma-separated engine/precision list")
@@ -63,11 +64,11 @@ def main() -> None:
         ort = get_engine("ort")
         base_path = ort.convert(original, d / "ort-fp32.onnx")
         prep_path = ort.convert(prepared, d / "ort-fp32-prepared.onnx")
-        base_preds, _ = evaluate(ort.load(base_path, args.threads), task, ev, batch_size=1)
+        base_preds, _ = evaluate(ort.load(base_path, args.eval_threads), task, ev, batch_size=1)
         base_cer = cer(base_preds, refs)
         rows.append({"id": "ort/fp32", "engine": "ort", "precision": "fp32", "status": "ok", "artifact": str(base_path),
                      "cer": base_cer, "exact_vs_fp32": 1.0, "size_bytes": ort.size_bytes(base_path), "parity": None})
-        pp, _ = evaluate(ort.load(prep_path, args.threads), task, ev, batch_size=1)
+        pp, _ = evaluate(ort.load(prep_path, args.eval_threads), task, ev, batch_size=1)
         rows.append({"id": "ort/fp32-prepared", "engine": "ort", "precision": "fp32", "status": "ok", "artifact": str(prep_path),
                      "cer": cer(pp, refs), "exact_vs_fp32": float(np.mean([a == b for a, b in zip(pp, base_preds)])),
                      "size_bytes": ort.size_bytes(prep_path), "parity": None})
@@ -81,12 +82,12 @@ def main() -> None:
                 art = eng.convert(original, d / f"{name}-{prec}{eng.suffix}", precision=prec, calib_feeds=calib_feeds)
                 row["convert_s"] = round(time.time() - t0, 1)
                 row["artifact"], row["size_bytes"] = str(art), eng.size_bytes(art)
-                rep = check_parity(original, name, art, parity_feeds, args.threads, precision=prec)
+                rep = check_parity(original, name, art, parity_feeds, args.eval_threads, precision=prec)
                 row["parity"] = rep.to_dict()
                 if rep.samples == 0:
                     row["status"], row["reason"] = "failed", rep.reason
                     continue
-                preds, nonfinite = evaluate(eng.load(art, args.threads), task, ev, batch_size=1)
+                preds, nonfinite = evaluate(eng.load(art, args.eval_threads), task, ev, batch_size=1)
                 row["cer"], row["nonfinite"] = cer(preds, refs), nonfinite
                 row["exact_vs_fp32"] = float(np.mean([a == b for a, b in zip(preds, base_preds)]))
                 if not rep.passed:

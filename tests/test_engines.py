@@ -318,3 +318,13 @@ def test_bench_rounds_times_mnn_and_ncnn_workers(small, tmp_path):
     res, _ = bench_rounds(specs, feeds_of()[0], threads=1, rounds=2, target_round_s=0.05)
     assert [r.ok for r in res] == [True, True, True], [r.reason for r in res]
     assert all(len(r.ratios) == 2 and r.speedup() > 0 for r in res)
+
+
+def test_conversions_never_ran_mnns_pip_installing_logger():
+    # MNN's console scripts import MNN.tools.utils.log, which runs `pip install aliyun-log-python-sdk` (protobuf<6,
+    # breaking `import onnx`). Our converters call the native tools directly; after every conversion above, the
+    # environment must be as it was. (Runs last in this file.)
+    code = "import importlib.util as u, google.protobuf as pb; print(u.find_spec('aliyun') is None, pb.__version__)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    absent, version = p.stdout.split()
+    assert absent == "True" and int(version.split(".")[0]) >= 6
