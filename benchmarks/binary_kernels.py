@@ -30,6 +30,11 @@ import time
 THREADS = 2
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("NUMBA_NUM_THREADS", str(THREADS))
+# On a shared machine a spinning or barrier-bound pool waits milliseconds for a descheduled
+# worker: idle OpenMP threads (torch's and numba's) sleep instead of spinning, and numba uses
+# its workqueue pool. Recorded in the output; override from the environment.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -117,7 +122,8 @@ def main() -> None:
     exact = True
 
     print(f"machine: {platform.processor() or platform.machine()}, threads={THREADS}, torch {torch.__version__}, "
-          f"onnxruntime {ort.__version__}, numba {numba.__version__} ({numba.config.THREADING_LAYER} layer)")
+          f"onnxruntime {ort.__version__}, numba {numba.__version__} ({numba.config.THREADING_LAYER} layer), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f}")
     print(f"popcount instruction in the conv kernel: {bk.popcount_instruction()}")
 
     # ---- conv 64->64, 56x56, 3x3, pad 1

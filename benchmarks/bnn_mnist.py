@@ -25,6 +25,11 @@ from pathlib import Path
 THREADS = 2
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
 os.environ.setdefault("NUMBA_NUM_THREADS", str(THREADS))
+# On a shared machine a spinning or barrier-bound pool waits milliseconds for a descheduled
+# worker: idle OpenMP threads (torch's and numba's) sleep instead of spinning, and numba uses
+# its workqueue pool. Recorded in the output; override from the environment.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -76,7 +81,8 @@ def main() -> None:
     x = torch.from_numpy((imgs.astype(np.float32) / 255.0 - 0.1307) / 0.3081).unsqueeze(1)
     y = torch.from_numpy(labels)
     print(f"MNIST t10k from {args.data}: train {len(tr)}, test {len(te)}; widths {widths}; "
-          f"{args.epochs}+{args.epochs} epochs (fp32: {2 * args.epochs}); threads {THREADS}")
+          f"{args.epochs}+{args.epochs} epochs (fp32: {2 * args.epochs}); threads {THREADS}; numba "
+          f"{numba.config.THREADING_LAYER} layer; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
 
     cfg1 = FitConfig(epochs=args.epochs, lr=2e-3, batch_size=64, seed=0)
     cfg2 = FitConfig(epochs=args.epochs, lr=1e-3, batch_size=64, seed=1)
@@ -118,6 +124,7 @@ def main() -> None:
     for k in ("xnor", "reactnet"):
         print(f"| {k} | {acc[k]:.4f} | {acc[k + '-packed']:.4f} | {agree[k]:.4f} | {packed[k].weight_bytes()} |")
 
+    print(f"load average before timing: {os.getloadavg()[0]:.1f}")
     # latency, batch 1 and 64, interleaved rounds
     lat_ratio = None
     for batch in (1, 64):
