@@ -25,6 +25,21 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ["mnn/fp32", "mnn/low", "mnn/bf16", "mnn/w8", "mnn/w4", "mnn/int8", "mnn/int8-mnnquant",
            "ncnn/fp32", "ncnn/bf16", "ncnn/fp16", "ncnn/int8", "ncnn/int8-bf16"]
 BUDGET = 0.005
+NOTES = [
+    "Notes:",
+    "- Ratios are medians of per-round ratios to ORT fp32 (the model as shipped) within this run; the CPU load line above "
+    "says how busy the shared machine was. With other jobs holding both cores, ncnn's OpenMP pool suffers most: every "
+    "parallel region waits for a descheduled worker thread (on this machine under such load, ncnn fp32 single-process "
+    "medians were 35 ms at 1 thread vs 133 ms at 2 threads). Compare ncnn rows only across runs with similar load.",
+    "- mnn/int8 is edgeslim's own static int8 recipe (per-channel QDQ, edgeslim calibrators) converted by MNN's converter. "
+    "mnn/int8-mnnquant is MNN's quantizer: its console script crashed (std::length_error) because it passes three strings "
+    "to the native `_tools.mnnquant`, which expects one argv list (PyList_Size(str) = -1 -> vector(-1)); called with a list "
+    "it runs, but its KL ranges collapse this model (CER ~1.0) and its EMA/ADMM methods crash the tool.",
+    "- mnn/low and mnn/bf16 give fp32 results here: the MNN wheel has no fp16 arithmetic on x86 and no bf16 kernels "
+    "built in. mnn/w4 (4-bit weights, block 32) collapses the recognizer.",
+    "- ncnn int8 scales come from edgeslim's percentile calibrator on ncnn's own blobs, written in ncnn's table format "
+    "(`<layer>_param_0` weight scales, `<layer>` input scale) and applied by edgeslim (what ncnn2int8 does).",
+]
 
 
 def main() -> None:
@@ -146,7 +161,7 @@ def main() -> None:
         f"each candidate in its own process, input 1x3x48x320; CER on {len(ev)} eval lines through each engine "
         f"(every line at its own width); parity vs ORT fp32 on {len(parity_feeds)} calibration lines; budget dCER <= {BUDGET}. "
         f"CPU load during timing: {telemetry.get('cpu_percent')}. Run took {time.time() - t_start:.0f} s.", "",
-        *lines, "", "```", result, "```", ""])
+        *lines, "", "```", result, "```", "", *NOTES, ""])
     if not args.no_write:
         out = ROOT / "benchmarks" / "results"
         out.mkdir(parents=True, exist_ok=True)
