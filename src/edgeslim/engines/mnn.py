@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -217,7 +218,7 @@ class MnnEngine(Engine):
                     raise ConversionError("mnn int8 needs calibration feeds. Pass calib_feeds, or use precision w8.")
                 cfg = _calib_images(calib_feeds, inputs[0], d / "calib", method=feature_method)
                 cfg_file = d / "quant.json"
-                cfg_file.write_text(__import__("json").dumps(cfg))
+                cfg_file.write_text(json.dumps(cfg))
                 q = d / "int8.mnn"
                 run = run_python(_QUANT, [str(fp), str(q), str(cfg_file)], QUANT_TIMEOUT, cwd=d)
                 if not run.ok or not q.exists():
