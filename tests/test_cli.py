@@ -67,7 +67,7 @@ def test_raw_task_with_failing_recipe_is_recorded(tmp_path, tiny):
     np.savez(tmp_path / "in.npz", x=np.random.default_rng(0).normal(0, 1, (12, 3, 8, 8)).astype(np.float32))
     out = tmp_path / "o"
     r = edgeslim("optimize", tiny, "--task", "raw", "--data", tmp_path / "in.npz", "--recipes",
-                 "fp32,int8:calibrator=nope,w8", "--rounds", "2", "-o", out, "--json")
+                 "fp32,int8:calibrator=nope,w8", "--engines", "ort", "--rounds", "2", "-o", out, "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     by = {c["id"]: c for c in d["candidates"]}

@@ -16,7 +16,7 @@ CAND_KEYS = {"id", "recipe", "engine", "status", "reason", "metric", "fidelity",
 def study(tmp_path_factory, default_model_path):
     work = tmp_path_factory.mktemp("study")
     cfg = StudyConfig(model=str(default_model_path), model_label="ppocrv4-rec", recipes=("fp32", "bf16", "int8:calibrator=percentile", "w8"),
-                      eval_limit=48, calib_limit=16, rounds=2, threads=2)
+                      engine_precisions=("mnn:int8",), eval_limit=48, calib_limit=16, rounds=2, threads=2)
     res = optimize(cfg, work)
     paths = write_report(res, work)
     return res, work, paths
@@ -29,7 +29,8 @@ def test_results_json_contract(study):
     assert d["metric"]["name"] == "cer" and d["metric"]["higher_is_better"] is False and d["metric"]["budget"] == 0.005
     assert d["baseline"] == "ort/original" and d["bench_input_shape"] == [1, 3, 48, 320]
     ids = [c["id"] for c in d["candidates"]]
-    assert ids[0] == "ort/original" and len(ids) == 5
+    assert ids[0] == "ort/original" and len(ids) == 6 and "mnn/int8" in ids
+    assert {c["engine"] for c in d["candidates"]} == {"ort", "mnn"}
     for c in d["candidates"]:
         assert CAND_KEYS <= set(c)
         assert c["status"] in ("ok", "rejected", "failed")

@@ -108,6 +108,8 @@ def optimize(
     objective: str = typer.Option("latency", "--objective", help="latency | size"),
     recipes: Optional[str] = typer.Option(None, "--recipes", help="Comma-separated recipe specs, e.g. fp32,int8:calibrator=mse,mixed."),
     threads: int = typer.Option(2, "--threads", help="Intra-op threads for evaluation and benchmarking."),
+    engines: Optional[str] = typer.Option(None, "--engines", help="Engines to explore beside ort, e.g. mnn,ncnn (default: every installed one; 'ort' for none)."),
+    engine_precisions: Optional[str] = typer.Option(None, "--engine-precisions", help="Exact engine:precision list, e.g. mnn:int8,ncnn:bf16."),
     rounds: int = typer.Option(5, "--rounds", help="Alternating benchmark rounds."),
     outdir: Path = typer.Option(Path("edgeslim-out"), "-o", "--outdir", help="Output folder (replaced atomically at the end)."),
     calib_limit: Optional[int] = typer.Option(None, "--calib-limit", help="Use at most this many calibration samples."),
@@ -125,7 +127,10 @@ def optimize(
     if model is None and task != "ocr-rec":
         raise InvalidParameterError(f"the default model is a text recognizer; --task {task} needs a MODEL argument.")
     specs = tuple(s.strip() for s in recipes.split(",") if s.strip()) if recipes else DEFAULT_RECIPES
+    eng_list = tuple(e.strip() for e in engines.split(",") if e.strip()) if engines is not None else None
+    eng_prec = tuple(e.strip() for e in engine_precisions.split(",") if e.strip()) if engine_precisions else None
     cfg = StudyConfig(model=str(path), model_label=label, task=task, data=str(data) if data else None, recipes=specs,
+                      engines=eng_list, engine_precisions=eng_prec,
                       max_drop=max_drop, objective=objective, threads=threads, rounds=rounds,
                       calib_limit=calib_limit,
                       eval_limit=eval_limit or (None if (full or data is not None) else DEFAULT_EVAL_LIMIT))

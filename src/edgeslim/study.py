@@ -23,6 +23,9 @@ from .tasks.base import evaluate
 __all__ = ["StudyConfig", "Candidate", "StudyResult", "optimize", "DEFAULT_RECIPES", "prepare"]
 
 DEFAULT_RECIPES = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "w8", "w4", "mixed")
+# Precisions tried by default on the mobile engines (each costs a conversion and an evaluation; the full list is
+# in each engine's `precisions()` and can be asked for with `--engine-precisions mnn:fp32,mnn:w8,...`).
+DEFAULT_ENGINE_PRECISIONS = {"mnn": ("fp32", "bf16", "int8"), "ncnn": ("fp32", "bf16", "int8")}
 Progress = Callable[[str, int, int], None]
 
 
@@ -33,6 +36,8 @@ class StudyConfig:
     data: str | None = None
     recipes: tuple[str, ...] = DEFAULT_RECIPES
     engine: str = "ort"
+    engines: tuple[str, ...] | None = None  # mobile engines to try beside ort; None: every installed one
+    engine_precisions: tuple[str, ...] | None = None  # "mnn:int8", ...; None: DEFAULT_ENGINE_PRECISIONS
     max_drop: float | None = None  # None: the task's default budget
     objective: str = "latency"
     threads: int = 2
@@ -123,6 +128,30 @@ def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
     except Exception as e:  # a rewrite meeting a graph it does not expect must not stop the study
         m = upgrade_opset(constants_to_initializers(model), 13)
         return m, {"error": f"graph rewrites skipped: {type(e).__name__}: {e}"}
+
+
+def _engine_plan(config: StudyConfig) -> list[tuple[str, str]]:
+    from .engines import ENGINES, available_engines
+
+    if config.engine_precisions is not None:
+        plan = []
+        for spec in config.engine_precisions:
+            eng, _, prec = spec.partition(":")
+            if not prec:
+                raise InvalidParameterError(f"engine precision {spec!r} is not engine:precision. Write e.g. mnn:int8.")
+            get_engine(eng).check_precision(prec)
+            plan.append((eng, prec))
+        return plan
+    names = available_engines() if config.engines is None else list(config.engines)
+    plan = []
+    for n in names:
+        if n == config.engine:
+            continue
+        e = ENGINES.get(n)()  # unknown names fail here with close matches
+        if config.engines is not None and not e.available():
+            raise InvalidParameterError(f"engine {n!r} is not installed. Run: pip install 'edgeslim[engines]'.")
+        plan += [(n, p) for p in DEFAULT_ENGINE_PRECISIONS.get(n, e.precisions()[:1]) if p in e.precisions()]
+    return plan
 
 
 def _judge(task, cand: Candidate, base_metric: float, budget: float) -> None:
@@ -238,6 +267,31 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
         except Exception as e:  # a failing candidate never stops the study
             c.status, c.reason = "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
             c.info.setdefault("traceback", traceback.format_exc(limit=3))
+
+    # Engine x precision: the mobile engines convert the original model themselves (with their own rewrites).
+    for eng_name, precision in _engine_plan(config):
+        c = Candidate(id=f"{eng_name}/{precision}", recipe=precision, engine=eng_name)
+        cands.append(c)
+        t0 = time.time()
+        try:
+            eng = get_engine(eng_name)
+            path = cand_dir / f"{eng_name}-{precision}{eng.suffix}"
+            calib_list = [f for f in calib_feeds()] if eng.needs_calibration(precision) else None
+            eng.convert(original, path, precision=precision, calib_feeds=calib_list)
+            c.seconds["build"] = round(time.time() - t0, 2)
+            c.artifact, c.size_bytes = str(path.relative_to(workdir)), eng.size_bytes(path)
+            runner = eng.load(path, config.threads)
+            prog(f"evaluate {c.id}", 0, len(ev))
+            preds, c.nonfinite = evaluate(runner, task, ev, progress=lambda n: prog(f"evaluate {c.id}", n, len(ev)))
+            del runner
+            scored = task.score(preds, ev)
+            c.metric, c.metric_extra = scored.pop("metric"), scored
+            c.fidelity = task.fidelity(preds, base_preds)
+            _judge(task, c, base.metric, budget)
+        except EdgeslimError as e:
+            c.status, c.reason = "failed", str(e)
+        except Exception as e:
+            c.status, c.reason = "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
 
     # Benchmark: every candidate that built, each in its own process, alternating rounds.
     feeds = task.bench_feeds(ev)
