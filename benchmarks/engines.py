@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -27,8 +28,8 @@ DEFAULT = ["mnn/fp32", "mnn/low", "mnn/bf16", "mnn/w8", "mnn/w4", "mnn/int8", "m
 BUDGET = 0.005
 NOTES = [
     "Notes:",
-    "- Ratios are medians of per-round ratios to ORT fp32 (the model as shipped) within this run; the CPU load line above "
-    "says how busy the shared machine was. With other jobs holding both cores, ncnn's OpenMP pool suffers most: every "
+    "- Ratios are medians of per-round ratios to ORT fp32 (the model as shipped) within this run. The machine is shared: "
+    "the load average above counts other jobs too (2 threads of ours alone fill both cores). With other jobs holding both cores, ncnn's OpenMP pool suffers most: every "
     "parallel region waits for a descheduled worker thread (on this machine under such load, ncnn fp32 single-process "
     "medians were 35 ms at 1 thread vs 133 ms at 2 threads). Compare ncnn rows only across runs with similar load.",
     "- mnn/int8 is edgeslim's own static int8 recipe (per-channel QDQ, edgeslim calibrators) converted by MNN's converter. "
@@ -160,7 +161,8 @@ def main() -> None:
         f"`python benchmarks/engines.py` — {mach['cpu']}, {args.threads} threads, {args.rounds} alternating rounds, "
         f"each candidate in its own process, input 1x3x48x320; CER on {len(ev)} eval lines through each engine "
         f"(every line at its own width); parity vs ORT fp32 on {len(parity_feeds)} calibration lines; budget dCER <= {BUDGET}. "
-        f"CPU load during timing: {telemetry.get('cpu_percent')}. Run took {time.time() - t_start:.0f} s.", "",
+        f"CPU load during timing: {telemetry.get('cpu_percent')}; load average after timing "
+        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())} (1/5/15 min). Run took {time.time() - t_start:.0f} s.", "",
         *lines, "", "```", result, "```", "", *NOTES, ""])
     if not args.no_write:
         out = ROOT / "benchmarks" / "results"
