@@ -73,6 +73,7 @@ def _worker(conn, engine: str, artifact: str, threads: int, feeds_file: str) -> 
             if msg is None:
                 break
             kind, n = msg
+            runner.run(feeds)  # untimed: the first run after idling pays cold caches and parked threads
             times = []
             for _ in range(n):
                 t0 = time.perf_counter()
@@ -174,7 +175,9 @@ def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: 
                     if not results[s.id].ok:
                         continue
                     p, conn = workers[s.id]
-                    time.sleep(0.02)  # let the previous worker's spinning threads park
+                    # let the previous worker's thread pool park: OpenMP (ncnn) and onnxruntime spin for a while after
+                    # a run, and a spinning idle pool steals a core from the worker being timed
+                    time.sleep(0.25)
                     conn.send(("run", reps[s.id]))
                     msg = _recv(conn, p, 600.0)
                     if msg[0] != "times":

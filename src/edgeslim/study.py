@@ -25,7 +25,8 @@ __all__ = ["StudyConfig", "Candidate", "StudyResult", "optimize", "DEFAULT_RECIP
 DEFAULT_RECIPES = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "w8", "w4", "mixed")
 # Precisions tried by default on the mobile engines (each costs a conversion and an evaluation; the full list is
 # in each engine's `precisions()` and can be asked for with `--engine-precisions mnn:fp32,mnn:w8,...`).
-DEFAULT_ENGINE_PRECISIONS = {"mnn": ("fp32", "bf16", "int8"), "ncnn": ("fp32", "bf16", "int8")}
+# MNN's low/bf16 modes give fp32 results on x86 builds without fp16/bf16 kernels, so they are left out by default.
+DEFAULT_ENGINE_PRECISIONS = {"mnn": ("fp32", "int8"), "ncnn": ("fp32", "bf16", "int8")}
 Progress = Callable[[str, int, int], None]
 
 
