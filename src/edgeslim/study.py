@@ -191,8 +191,8 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
     cand_dir = workdir / "candidates"
     cand_dir.mkdir(parents=True, exist_ok=True)
 
-    def run_eval(model_bytes: bytes | Path, samples: list, stage: str):
-        runner = engine.load(model_bytes, config.threads)
+    def run_eval(model_bytes: bytes | Path, samples: list, stage: str, eng=engine):
+        runner = eng.load(model_bytes, config.threads)
         prog(stage, 0, len(samples))
         preds, nonfinite = evaluate(runner, task, samples, progress=lambda n: prog(stage, n, len(samples)))
         return preds, nonfinite
@@ -244,20 +244,17 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
                         calib_drop=calib_drop if calib_preds is not None else None, budget=budget,
                         progress=prog, cache={"rewrites": rewrites, "calib_count": len(calib)})
     cands = [base]
-    for r in recipes:
-        spec = r.spec
-        c = Candidate(id=f"{config.engine}/{spec}", recipe=spec, engine=config.engine)
+
+    def build_and_score(c: Candidate, build: Callable[[], tuple[Any, Path]]) -> None:
+        """Build an artifact, evaluate it on the eval lines, judge it; any failure is recorded, never raised."""
         cands.append(c)
         t0 = time.time()
         try:
-            out = r.apply(ctx)
-            c.info = out.info
+            eng, path = build()
             c.seconds["build"] = round(time.time() - t0, 2)
-            path = cand_dir / f"{config.engine}-{spec.replace(':', '_').replace('=', '-').replace(',', '_')}{engine.suffix}"
-            engine.convert(out.model, path)
-            c.artifact, c.size_bytes = str(path.relative_to(workdir)), path.stat().st_size
+            c.artifact, c.size_bytes = str(path.relative_to(workdir)), eng.size_bytes(path)
             t1 = time.time()
-            preds, c.nonfinite = run_eval(path, ev, f"evaluate {spec}")
+            preds, c.nonfinite = run_eval(path, ev, f"evaluate {c.id}", eng)
             c.seconds["evaluate"] = round(time.time() - t1, 2)
             scored = task.score(preds, ev)
             c.metric, c.metric_extra = scored.pop("metric"), scored
@@ -269,30 +266,27 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             c.status, c.reason = "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
             c.info.setdefault("traceback", traceback.format_exc(limit=3))
 
+    for r in recipes:
+        c = Candidate(id=f"{config.engine}/{r.spec}", recipe=r.spec, engine=config.engine)
+
+        def build_recipe(r=r, c=c):
+            out = r.apply(ctx)
+            c.info = out.info
+            path = cand_dir / f"{config.engine}-{r.spec.replace(':', '_').replace('=', '-').replace(',', '_')}{engine.suffix}"
+            return engine, engine.convert(out.model, path)
+
+        build_and_score(c, build_recipe)
+
     # Engine x precision: the mobile engines convert the original model themselves (with their own rewrites).
     for eng_name, precision in _engine_plan(config):
-        c = Candidate(id=f"{eng_name}/{precision}", recipe=precision, engine=eng_name)
-        cands.append(c)
-        t0 = time.time()
-        try:
+
+        def build_engine(eng_name=eng_name, precision=precision):
             eng = get_engine(eng_name)
             path = cand_dir / f"{eng_name}-{precision}{eng.suffix}"
-            calib_list = [f for f in calib_feeds()] if eng.needs_calibration(precision) else None
-            eng.convert(original, path, precision=precision, calib_feeds=calib_list)
-            c.seconds["build"] = round(time.time() - t0, 2)
-            c.artifact, c.size_bytes = str(path.relative_to(workdir)), eng.size_bytes(path)
-            runner = eng.load(path, config.threads)
-            prog(f"evaluate {c.id}", 0, len(ev))
-            preds, c.nonfinite = evaluate(runner, task, ev, progress=lambda n: prog(f"evaluate {c.id}", n, len(ev)))
-            del runner
-            scored = task.score(preds, ev)
-            c.metric, c.metric_extra = scored.pop("metric"), scored
-            c.fidelity = task.fidelity(preds, base_preds)
-            _judge(task, c, base.metric, budget)
-        except EdgeslimError as e:
-            c.status, c.reason = "failed", str(e)
-        except Exception as e:
-            c.status, c.reason = "failed", f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            calib_list = list(calib_feeds()) if eng.needs_calibration(precision) else None
+            return eng, eng.convert(original, path, precision=precision, calib_feeds=calib_list)
+
+        build_and_score(Candidate(id=f"{eng_name}/{precision}", recipe=precision, engine=eng_name), build_engine)
 
     # Benchmark: every candidate that built, each in its own process, alternating rounds.
     feeds = task.bench_feeds(ev)
