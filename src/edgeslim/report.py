@@ -27,7 +27,7 @@ def pareto_plot(result, path: Path) -> None:
         ok = c.status == "ok"
         ax.scatter(c.latency_ms["p50"], c.metric, s=area, alpha=0.6 if ok else 0.25,
                    facecolors=None if ok else "none", edgecolors="k" if ok else "tab:red", linewidths=1)
-        ax.annotate(c.id.split("/", 1)[1], (c.latency_ms["p50"], c.metric), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(c.id.removeprefix("ort/"), (c.latency_ms["p50"], c.metric), fontsize=7, xytext=(4, 4), textcoords="offset points")
         if c.id == result.selected:
             ax.scatter(c.latency_ms["p50"], c.metric, s=area * 1.8, facecolors="none", edgecolors="tab:green", linewidths=2.5,
                        label=f"selected: {c.id}")
@@ -35,7 +35,14 @@ def pareto_plot(result, path: Path) -> None:
     ax.set_ylabel(f"{result.metric_name} ({'higher' if result.higher_is_better else 'lower'} is better)")
     ax.set_title("candidates: metric vs latency (marker area ~ size; hollow red = rejected)")
     if result.selected:
-        ax.legend(loc="best", fontsize=8)
+        ax.legend(loc="best", fontsize=8, markerscale=0.3)
+    # collapsed candidates (metric far off) would squash the useful range into one corner
+    vals = [c.metric for c in pts]
+    if vals and max(vals) > 5 * max(min(vals), 1e-6):
+        ax.set_yscale("symlog", linthresh=max(min(v for v in vals if v > 0) if any(v > 0 for v in vals) else 0.01, 1e-3))
+    lats = [c.latency_ms["p50"] for c in pts]
+    if lats and max(lats) > 3 * min(lats):
+        ax.set_xscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
