@@ -51,6 +51,25 @@ class TorchConfig:
 
 
 class _TorchBase:
+
+    def _update(self, z, sample, cols, w, ln: np.ndarray, active: int) -> float:
+        """Softmax loss over the columns of `z` and one optimizer step.
+
+        loss_i = logsumexp(z_i) - mean_{y in labels_i} z_iy (samples without labels contribute 0); `cols` are the
+        label columns of `z` for the (sample, label) pairs, `w` their 1/len weights.
+        """
+        t = self.torch
+        lse = t.logsumexp(z, dim=1)
+        has = t.from_numpy((ln > 0).astype(np.float32))
+        loss = ((lse * has).sum() - (z[sample, cols] * w).sum()) / z.shape[0]
+        self.opt.zero_grad(set_to_none=True)
+        self.opt_sparse.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.opt_sparse.step()
+        self.steps_ += 1
+        self.active_sum_ += active
+        return float(loss.detach())
     def __init__(self, *, n_features: int, n_labels: int, config: TorchConfig, params: dict[str, np.ndarray]):
         import torch
 
@@ -106,18 +125,7 @@ class TorchDenseTrainer(_TorchBase):
         t = self.torch
         sample, labs, w, ln = self._labels(data, rows)
         z = self.out(self._hidden(data, rows))
-        lse = t.logsumexp(z, dim=1)
-        # loss_i = logsumexp(z_i) - mean_{y in labels_i} z_iy (samples without labels contribute 0)
-        has = t.from_numpy((ln > 0).astype(np.float32))
-        loss = ((lse * has).sum() - (z[sample, labs] * w).sum()) / rows.shape[0]
-        self.opt.zero_grad(set_to_none=True)
-        self.opt_sparse.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.opt_sparse.step()
-        self.steps_ += 1
-        self.active_sum_ += self.n_labels
-        return float(loss.detach())
+        return self._update(z, sample, labs, w, ln, self.n_labels)
 
     def params(self) -> dict[str, np.ndarray]:
         return {"W1": self.emb.weight.detach().numpy(), "b1": self.b1.detach().numpy(),
@@ -152,17 +160,7 @@ class TorchSampledTrainer(_TorchBase):
         ct = t.from_numpy(cand)
         h = self._hidden(data, rows)
         z = h @ self.W2(ct).T + self.b2(ct).T
-        lse = t.logsumexp(z, dim=1)
-        has = t.from_numpy((ln > 0).astype(np.float32))
-        loss = ((lse * has).sum() - (z[sample, pos] * w).sum()) / rows.shape[0]
-        self.opt.zero_grad(set_to_none=True)
-        self.opt_sparse.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.opt_sparse.step()
-        self.steps_ += 1
-        self.active_sum_ += cand.shape[0]
-        return float(loss.detach())
+        return self._update(z, sample, pos, w, ln, cand.shape[0])
 
     def params(self) -> dict[str, np.ndarray]:
         return {"W1": self.emb.weight.detach().numpy(), "b1": self.b1.detach().numpy(),
