@@ -63,18 +63,55 @@ def test_unknown_recipe_and_bad_option(tmp_path):
 
 
 def test_raw_task_with_failing_recipe_is_recorded(tmp_path, tiny):
-    """A recipe that cannot apply becomes a `failed` candidate; the study goes on and selects another."""
+    """A recipe that fails while it builds becomes a `failed` candidate with its reason; the study goes on, selects
+    another and writes the folder. (A bad option value is refused before any work: see test_cli_safety.)"""
+    from edgeslim.errors import RecipeError
+    from edgeslim.recipes import RECIPES, Recipe
+
+    @RECIPES.register("test-boom")
+    class Boom(Recipe):
+        def apply(self, ctx):
+            raise RecipeError("this recipe always fails")
+
+    import edgeslim
+
     np.savez(tmp_path / "in.npz", x=np.random.default_rng(0).normal(0, 1, (12, 3, 8, 8)).astype(np.float32))
+    try:
+        res = edgeslim.optimize(tiny, task="raw", data=tmp_path / "in.npz", recipes="fp32,test-boom,w8", engines="ort",
+                                rounds=2, confirm_top=1, cache=False, outdir=tmp_path / "o")
+    finally:
+        RECIPES._items.pop("test-boom")  # the registry is global: leave it as other tests expect
+    by = {c.id: c for c in res.candidates}
+    assert by["ort/test-boom"].status == "failed" and "this recipe always fails" in by["ort/test-boom"].reason
+    assert by["ort/fp32"].status == "ok" and res.selected is not None and res.selected.id in by
     out = tmp_path / "o"
-    r = edgeslim("optimize", tiny, "--task", "raw", "--data", tmp_path / "in.npz", "--recipes",
-                 "fp32,int8:calibrator=nope,w8", "--engines", "ort", "--rounds", "2", "-o", out, "--json")
-    assert r.returncode == 0, r.stderr
-    d = json.loads(r.stdout)
-    by = {c["id"]: c for c in d["candidates"]}
-    assert by["ort/int8:calibrator=nope"]["status"] == "failed"
-    assert "unknown calibrator 'nope'" in by["ort/int8:calibrator=nope"]["reason"]
-    assert by["ort/fp32"]["status"] == "ok" and d["selected"] in by
-    assert (out / "results.json").exists() and (out / "model.onnx").exists()
+    assert (out / "results.json").exists() and (out / "deploy.json").exists() and (out / "model.onnx").exists()
+    rows = res.table()
+    assert [r["id"] for r in rows] == list(by) and sum(r["selected"] for r in rows) == 1
+    x = np.load(tmp_path / "in.npz")["x"][:1]
+    got = res.load().predict({"x": x})
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(str(tiny), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(next(iter(got.values())), want, rtol=0.05, atol=0.05)
+
+
+def test_python_api_in_a_script_without_main_guard(tmp_path, tiny):
+    """Benchmark workers must not re-import the caller: a plain script calling edgeslim.optimize finishes."""
+    np.savez(tmp_path / "in.npz", x=np.random.default_rng(0).normal(0, 1, (12, 3, 8, 8)).astype(np.float32))
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import edgeslim, json, pathlib\n"
+        "pathlib.Path('imports.log').open('a').write('x\\n')\n"
+        f"res = edgeslim.optimize({str(tiny)!r}, task='raw', data='in.npz', recipes=['fp32', 'w8'], engines='ort',\n"
+        "                        rounds=2, confirm_top=1, cache=False)\n"
+        "path = res.save('out')\n"
+        "print(json.dumps({'selected': res.selected.id, 'saved': str(path)}))\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    assert d["selected"].startswith("ort/") and (tmp_path / "out" / "deploy.json").exists()
+    assert (tmp_path / "imports.log").read_text() == "x\n"  # the script ran once: no worker re-imported it
 
 
 def test_inspect_bench_quantize_commands(tmp_path, tiny):

@@ -99,3 +99,175 @@ def test_classify_loads_folders(tmp_path):
     assert len(calib) + len(ev) == 6 and {s.label for s in calib + ev} == {0, 1}
     b = next(iter(t.batches(ev, 8)))
     assert b.feeds["input"].shape == (len(ev), 3, 16, 16)
+
+
+# ---- raw task: dataset-level agreement over every output ----------------------------------------------------------
+
+def _raw(reference=None):
+    t = get_task("raw")
+    t.reference = reference
+    return t
+
+
+def test_raw_all_zero_reference_and_candidate_agree_perfectly():
+    from edgeslim.tasks.raw import agreement, max_abs_error
+
+    ref = [[np.zeros((1, 10), np.float32), np.zeros((1, 4), np.float32)] for _ in range(3)]
+    cand = [[o.copy() for o in p] for p in ref]
+    assert agreement(cand, ref) == 1.0 and max_abs_error(cand, ref) == 0.0
+    t = _raw(ref)
+    s = t.score(cand, [None] * 3)
+    assert s["metric"] == 1.0 and s["max_abs_err"] == 0.0 and s["argmax_agree"] == 1.0
+    assert t.fidelity(cand, ref) == {"exact_match": 1.0, "metric_vs_fp32": 0.0}
+    assert t.drop(s["metric"], 1.0) == 0.0 and t.extra_problem(s) is None
+    # Anything non-zero where fp32 says zero is total disagreement, not a division by zero.
+    cand[1][0][0, 3] = 0.5
+    assert agreement(cand, ref) == 0.0
+
+
+def test_raw_one_percent_off_scores_accordingly():
+    from edgeslim.tasks.raw import agreement, max_abs_error
+
+    rng = np.random.default_rng(0)
+    ref = [[rng.normal(size=(1, 20)).astype(np.float32)] for _ in range(4)]
+    ref.append([np.zeros((1, 20), np.float32)])  # an empty image's detector output: no longer undefined
+    cand = [[o * np.float32(1.01)] for (o,) in ref]
+    # fp32 noise where the reference is exactly zero: a per-sample cosine would score that sample 0.
+    cand[-1][0] = rng.normal(0, 1e-9, (1, 20)).astype(np.float32)
+    t = _raw(ref)
+    s = t.score(cand, [None] * 5)
+    assert s["metric"] == pytest.approx(0.99, abs=1e-6)
+    assert t.fidelity(cand, ref)["metric_vs_fp32"] == pytest.approx(0.01, abs=1e-6)
+    all_ref = np.concatenate([o.ravel() for (o,) in ref])
+    assert s["max_abs_err"] == pytest.approx(0.01 * np.abs(all_ref).max() / np.ptp(all_ref), rel=1e-4)
+    assert t.drop(s["metric"], 1.0) <= t.default_budget  # 1% error stays within the default budget
+    assert max_abs_error(cand, ref) < 0.1 and t.extra_problem(s) is None
+    # A candidate that is off by 20%: beyond the budget.
+    assert t.drop(agreement([[o * np.float32(1.2)] for (o,) in ref], ref), 1.0) > t.default_budget
+
+
+def test_raw_metric_covers_every_output_and_gates_small_ones():
+    from edgeslim.tasks.raw import agreement, max_abs_error
+
+    rng = np.random.default_rng(1)
+    boxes = [rng.uniform(0, 640, (1, 8)).astype(np.float32) for _ in range(3)]
+    scores = [rng.uniform(0, 1, (1, 8)).astype(np.float32) for _ in range(3)]
+    ref = [[b, s] for b, s in zip(boxes, scores)]
+    # The small output (scores) is wrong: L2 over everything barely moves, the max-abs gate catches it.
+    cand = [[b.copy(), 1 - s] for b, s in zip(boxes, scores)]
+    assert 0.99 < agreement(cand, ref) < 1.0
+    e = max_abs_error(cand, ref)
+    assert e > 0.5
+    t = _raw(ref)
+    assert "max abs error" in t.extra_problem(t.score(cand, [None] * 3))
+    # Second output only off -> first-output-only metrics would have called this perfect.
+    assert t.fidelity(cand, ref)["metric_vs_fp32"] > 0
+    nan = [[b, np.full_like(s, np.nan)] for b, s in zip(boxes, scores)]
+    assert agreement(nan, ref) == 0.0 and max_abs_error(nan, ref) == float("inf")
+
+
+def test_raw_decode_keeps_every_output_and_baseline_scores_one(tmp_path):
+    t = get_task("raw")
+    outs = [np.ones((1, 3)), np.zeros((1, 2))]
+    (pred,) = t.decode(outs)
+    assert len(pred) == 2 and pred[1].shape == (1, 2)
+    s = t.score([pred], [None])
+    assert s["metric"] == 1.0 and t.metric_name == "agreement_l2" and t.higher_is_better
+
+
+# ---- baseline sanity --------------------------------------------------------------------------------------------
+
+def test_baseline_problem_flags_chance_level_and_unreadable(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            _write_png(tmp_path / cls / f"{i}.png", 30, 30)
+    c = get_task("classify", size=(16, 16))
+    assert c.baseline_problem(0.0, 3) is None  # class count unknown before load
+    c.load(tmp_path)
+    msg = c.baseline_problem(0.0, 3)
+    assert "baseline top-1 0.000" in msg and "chance (0.500 for 2 classes)" in msg and "class folder order" in msg
+    assert c.baseline_problem(0.5, 3) is not None and c.baseline_problem(0.67, 3) is None
+    o = get_task("ocr-rec", charset=["<blank>", "a"])
+    assert "dictionary" in o.baseline_problem(0.95, 10) and o.baseline_problem(0.2, 10) is None
+    assert get_task("raw").baseline_problem(0.0, 10) is None
+
+
+def test_ocr_eval_limit_still_checks_every_listed_image(tmp_path):
+    for i in range(4):
+        _write_png(tmp_path / f"{i}.png")
+    (tmp_path / "9.png").write_bytes(b"\x89PNG\r\n garbage")
+    (tmp_path / "labels.tsv").write_text("".join(f"{i}.png\tline\n" for i in range(4)) + "9.png\tbroken\n")
+    t = get_task("ocr-rec", charset=["<blank>", "a"], calib_size=1, eval_limit=2)
+    with pytest.raises(DataError, match=r"labels.tsv:5: .*9.png: cannot decode"):
+        t.load(tmp_path)
+    (tmp_path / "labels.tsv").write_text("".join(f"{i}.png\tline\n" for i in range(4)))
+    calib, ev = t.load(tmp_path)
+    assert len(calib) == 1 and len(ev) == 2
+
+
+# ---- deploy specs: a task rebuilt from its spec feeds and decodes the same ----------------------------------------
+
+def test_ocr_deploy_spec_round_trip(tmp_path):
+    charset = ["<blank>", "a", "b", " ", "\u3000"]
+    t = get_task("ocr-rec", charset=charset, max_width=800)
+    t.input_name = "img"
+    spec = t.deploy_spec()
+    assert spec["preprocess"]["resize"]["height"] == 48 and spec["preprocess"]["pad"]["min_width"] == 320
+    assert spec["preprocess"]["channel_order"] == "BGR" and spec["postprocess"]["type"] == "ctc_greedy"
+    import json
+
+    from edgeslim.tasks import TASKS
+
+    back = TASKS.get("ocr-rec").from_deploy_spec(json.loads(json.dumps(spec)))
+    assert back.charset == charset and back.max_width == 800 and back.input_name == "img"
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (20 + 7 * i, 30 + 41 * i, 3), dtype=np.uint8) for i in range(4)]
+    for a, b in zip(t.batches(t.samples_from(imgs)), back.batches(back.samples_from(imgs))):
+        assert a.index == b.index and np.array_equal(a.feeds["img"], b.feeds["img"])
+    gray = back.samples_from(imgs[0][:, :, 0])[0].image
+    assert gray.shape == imgs[0].shape
+    with pytest.raises(DataError, match="BGR uint8"):
+        back.samples_from(np.zeros((4, 4, 3), np.float32))
+
+
+def test_classify_deploy_spec_round_trip_and_topk(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            _write_png(tmp_path / cls / f"{i}.png", 30, 30)
+    t = get_task("classify", size=(16, 16), mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
+    t.load(tmp_path)
+    import json
+
+    from edgeslim.tasks import TASKS
+
+    spec = json.loads(json.dumps(t.deploy_spec()))
+    assert spec["preprocess"]["channel_order"] == "RGB" and spec["postprocess"]["classes"] == ["cat", "dog"]
+    back = TASKS.get("classify").from_deploy_spec(spec)
+    paths = [str(tmp_path / "cat" / "0.png"), str(tmp_path / "dog" / "1.png")]
+    fa = next(iter(t.batches(t.samples_from(paths)))).feeds["input"]
+    assert np.array_equal(fa, next(iter(back.batches(back.samples_from(paths)))).feeds["input"])
+
+    class Fake:
+        output_names = ["y"]
+
+        def run(self, feeds):
+            n = len(feeds["input"])
+            return [np.tile(np.array([0.1, 0.7, 0.7, 0.05, 0.2, 0.3, 0.0], np.float32), (n, 1))]
+
+    preds = back.predict(Fake(), paths)
+    assert preds[0] == [(1, pytest.approx(0.7)), (2, pytest.approx(0.7)), (5, pytest.approx(0.3)),
+                        (4, pytest.approx(0.2)), (0, pytest.approx(0.1))]
+    assert [p[0][0] for p in preds] == back.decode(Fake().run({"input": fa}))
+
+
+def test_raw_deploy_spec_round_trip(tmp_path):
+    from edgeslim.tasks import TASKS
+
+    t = get_task("raw")
+    t.input_names = ["a", "b"]
+    back = TASKS.get("raw").from_deploy_spec(t.deploy_spec())
+    assert back.input_names == ["a", "b"] and t.deploy_spec()["preprocess"] is None
+    with pytest.raises(DataError, match="no array named 'b'"):
+        back.samples_from({"a": np.zeros(2)})

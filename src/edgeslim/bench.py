@@ -1,11 +1,14 @@
 """Latency measurement that survives a shared, noisy machine.
 
 Each candidate runs in its own worker process (engines with spinning thread pools slow whichever engine runs
-next inside one process). Workers take turns in rounds (A B C A B C ...); a round gives each candidate a
-median over an automatic repeat count, and a ratio to the baseline of the same round. Absolute times on a
-shared machine drift 2x within minutes; ratios of the same round do not. While rounds run, a thread samples CPU
-load, frequency and temperature with psutil (what a system-monitor applet shows), recorded beside the figures.
-"""
+next inside one process). Workers are fresh interpreters (`python -m edgeslim._bench_worker`), not
+multiprocessing's spawn, which re-runs the caller's script in every child when it lacks a `__main__` guard.
+Workers take turns in rounds, the order rotated each round (A B C, B C A, C A B ...); a round gives each candidate
+a median over an automatic repeat count, and a ratio to the baseline of the same round. Absolute times on a
+shared machine drift 2x within minutes; ratios of the same round do not. The conditions are recorded beside the
+figures: the thread policy (`dedicated`: pools spin between runs; `shared`: they sleep), the load average before
+and after, the CPU time other processes took, CPU load, frequency and temperature sampled with psutil, and
+whether (and why) the run looks noisy."""
 
 from __future__ import annotations
 
@@ -13,16 +16,25 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-__all__ = ["BenchSpec", "BenchResult", "bench_rounds", "bench_one", "machine_info", "Telemetry"]
+from .engines._subprocess import last_line
+from .engines.base import CPU_POLICIES, thread_policy
+from .errors import InvalidParameterError
+
+__all__ = ["BenchSpec", "BenchResult", "bench_rounds", "bench_one", "machine_info", "Telemetry", "noise_reasons",
+           "worker_env", "CPU_POLICIES"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,8 +52,9 @@ class BenchResult:
     times_ms: list[float] = field(default_factory=list)
     round_medians_ms: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)  # baseline / this, per round
-    peak_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0  # the worker's own peak (VmHWM), not the caller's
     repeats: int = 0
+    policy: str = "dedicated"  # thread policy the candidate ran under (edgeslim.engines.base.thread_policy)
 
     def latency(self) -> dict[str, float]:
         if not self.times_ms:
@@ -55,37 +68,6 @@ class BenchResult:
 
     def speedup_range(self) -> list[float]:
         return [round(float(min(self.ratios)), 3), round(float(max(self.ratios)), 3)] if self.ratios else []
-
-
-def _worker(conn, engine: str, artifact: str, threads: int, feeds_file: str) -> None:
-    try:
-        import resource
-
-        from .engines import get_engine
-
-        z = np.load(feeds_file)
-        feeds = {k: z[k] for k in z.files}
-        runner = get_engine(engine).load(Path(artifact), threads)
-        runner.run(feeds)
-        conn.send(("ready", None))
-        while True:
-            msg = conn.recv()
-            if msg is None:
-                break
-            kind, n = msg
-            runner.run(feeds)  # untimed: the first run after idling pays cold caches and parked threads
-            times = []
-            for _ in range(n):
-                t0 = time.perf_counter()
-                runner.run(feeds)
-                times.append((time.perf_counter() - t0) * 1e3)
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-            conn.send(("times", (times, rss)))
-    except Exception as e:  # reported to the parent as this candidate's failure
-        try:
-            conn.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"))
-        except Exception:
-            pass
 
 
 class Telemetry:
@@ -134,95 +116,281 @@ class Telemetry:
         return out
 
 
-def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: int, rounds: int = 7,
-                 target_round_s: float = 0.5, min_repeats: int = 3, max_repeats: int = 200,
-                 start_timeout: float = 120.0, progress: Callable[[int, int], None] | None = None,
-                 ) -> tuple[list[BenchResult], dict]:
-    """Time every spec in its own process, alternating in rounds; specs[0] is the baseline of the ratios."""
-    ctx = mp.get_context("spawn")
-    results = {s.id: BenchResult(s.id, ok=True) for s in specs}
-    workers: dict[str, tuple] = {}
-    with tempfile.TemporaryDirectory(prefix="edgeslim-bench-") as d:
-        feeds_file = os.path.join(d, "feeds.npz")
-        np.savez(feeds_file, **feeds)
-        for s in specs:
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(child, s.engine, s.artifact, threads, feeds_file), daemon=True)
-            p.start()
-            workers[s.id] = (p, parent)
-        for s in specs:  # wait for each to load and run once
-            p, conn = workers[s.id]
-            msg = _recv(conn, p, start_timeout)
-            if msg[0] != "ready":
-                results[s.id].ok, results[s.id].reason = False, f"benchmark worker: {msg[1]}"
-        live = [s for s in specs if results[s.id].ok]
-        # repeat count per candidate: enough runs for ~target_round_s per round
-        reps = {}
-        for s in live:
-            p, conn = workers[s.id]
-            conn.send(("run", 2))
-            msg = _recv(conn, p, start_timeout)
-            if msg[0] != "times":
-                results[s.id].ok, results[s.id].reason = False, f"benchmark worker: {msg[1]}"
-                continue
-            t = max(min(msg[1][0]), 1e-3)
-            reps[s.id] = int(min(max_repeats, max(min_repeats, math.ceil(target_round_s * 1e3 / t))))
-        live = [s for s in live if results[s.id].ok]
-        with Telemetry() as tel:
-            for r in range(rounds):
-                med = {}
-                for s in live:
-                    if not results[s.id].ok:
-                        continue
-                    p, conn = workers[s.id]
-                    # let the previous worker's thread pool park: OpenMP (ncnn) and onnxruntime spin for a while after
-                    # a run, and a spinning idle pool steals a core from the worker being timed
-                    time.sleep(0.25)
-                    conn.send(("run", reps[s.id]))
-                    msg = _recv(conn, p, 600.0)
-                    if msg[0] != "times":
-                        results[s.id].ok, results[s.id].reason = False, f"benchmark worker: {msg[1]}"
-                        continue
-                    times, rss = msg[1]
-                    res = results[s.id]
-                    res.times_ms += times
-                    res.peak_rss_mb = max(res.peak_rss_mb, rss)
-                    res.repeats = reps[s.id]
-                    med[s.id] = float(np.median(times))
-                    res.round_medians_ms.append(med[s.id])
-                base = specs[0].id
-                if base in med:
-                    for sid, m in med.items():
-                        results[sid].ratios.append(med[base] / m)
-                if progress:
-                    progress(r + 1, rounds)
-        for p, conn in workers.values():
-            try:
-                conn.send(None)
-            except Exception:
-                pass
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-    return [results[s.id] for s in specs], tel.summary()
+# While one worker is timed, our own load is `threads` busy threads; the 1-min load average, and the CPU time other
+# processes take while timing, may exceed ours by this much (in cores) before a run is flagged as noisy.
+LOAD_ALLOWANCE = 0.5
+# A candidate whose per-round ratio to the baseline ranges wider than this fraction of its median is flagged too.
+RATIO_SPREAD = 0.30
+# libgomp (ncnn's OpenMP in the PyPI wheel) with OMP_WAIT_POLICY=ACTIVE spins about 3e10 times before sleeping, so
+# an idle ncnn worker would keep threads-1 cores busy while every other candidate is timed. Measured on a 2.6 GHz
+# x86 core: 3e5 spins (libgomp's default) last ~8 ms, 3e6 ~75 ms, 1e7 ~250 ms. 3e6 spins through back-to-back runs
+# and parks within the pause before the next worker. The shared policy spins 0 times (libgomp's PASSIVE).
+GOMP_SPINCOUNT = {"dedicated": "3000000", "shared": "0"}
 
 
-def _recv(conn, proc, timeout: float):
-    if conn.poll(timeout):
-        try:
-            return conn.recv()
-        except EOFError:
-            pass
-    code = proc.exitcode
-    if proc.is_alive():
-        proc.kill()
+@dataclass
+class _Worker:
+    spec: BenchSpec
+    proc: subprocess.Popen
+    conn: Connection
+    stderr_path: str
+
+
+def worker_env(policy: str) -> dict[str, str]:
+    """The environment variables a benchmark worker gets for `policy` (on top of the caller's environment)."""
+    return {"OMP_WAIT_POLICY": thread_policy(policy)["OMP_WAIT_POLICY"], "GOMP_SPINCOUNT": GOMP_SPINCOUNT[policy]}
+
+
+def _start_worker(spec: BenchSpec, index: int, cfg: dict, env: dict, folder: str) -> _Worker:
+    ours, theirs = mp.Pipe()  # duplex: a socketpair on Unix, inherited by the child through pass_fds
+    err_path = os.path.join(folder, f"worker{index}.stderr")
+    try:
+        with open(err_path, "wb") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "edgeslim._bench_worker", str(theirs.fileno())],
+                                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, env=env, cwd=folder)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()  # only the child holds that end now: its death reads as EOF here
+    w = _Worker(spec, proc, ours, err_path)
+    _send(w, ("load", {**cfg, "engine": spec.engine, "artifact": str(Path(spec.artifact).resolve())}))
+    return w
+
+
+def _send(w: _Worker, msg) -> None:
+    try:
+        w.conn.send(msg)
+    except OSError:  # the worker died; the next _recv says how
+        pass
+
+
+def _recv(w: _Worker, timeout: float):
+    try:
+        if w.conn.poll(timeout):
+            return w.conn.recv()
+    except (EOFError, OSError):
+        pass
+    try:
+        code = w.proc.wait(2.0)  # closed its end: give it a moment to exit
+    except subprocess.TimeoutExpired:
+        w.proc.kill()
+        w.proc.wait()
         return ("error", f"no answer within {timeout:.0f} s (hung); killed")
-    return ("error", f"process died (exit code {code})")
+    if code < 0 and -code in signal.valid_signals():
+        how = f"killed by {signal.Signals(-code).name}"
+    else:
+        how = f"exit code {code}"
+    tail = _stderr_tail(w.stderr_path)
+    return ("error", f"process died ({how})" + (f": {tail}" if tail else ""))
+
+
+def _stderr_tail(path: str, nbytes: int = 4096) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - nbytes))
+            return last_line(f.read().decode("utf-8", "replace"))
+    except OSError:
+        return ""
+
+
+def _stop_workers(workers: list[_Worker], graceful: bool) -> None:
+    """Ask each worker to exit (when `graceful`), then kill and reap whatever is left: none outlives the call."""
+    try:
+        if graceful:
+            for w in workers:
+                _send(w, None)
+            deadline = time.monotonic() + 5.0
+            for w in workers:
+                try:
+                    w.proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+    finally:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+        for w in workers:
+            try:
+                w.proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass
+            w.conn.close()
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def _cpu_seconds(workers: list[_Worker]) -> tuple[float, float] | None:
+    """(CPU seconds all cores spent busy, CPU seconds of this process, its reaped children and its live workers)."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    t = psutil.cpu_times()
+    total = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)  # guest time is inside user already
+    busy = total - t.idle - getattr(t, "iowait", 0.0)
+    me = psutil.Process().cpu_times()
+    own = me.user + me.system + me.children_user + me.children_system
+    for w in workers:
+        if w.proc.poll() is None:
+            try:
+                c = psutil.Process(w.proc.pid).cpu_times()
+                own += c.user + c.system
+            except psutil.Error:
+                pass
+    return busy, own
+
+
+def _check_args(specs: list[BenchSpec], threads: int, rounds: int) -> None:
+    if not specs:
+        raise InvalidParameterError("bench_rounds got no specs. Pass at least one BenchSpec (the first is the "
+                                    "baseline).")
+    ids = [s.id for s in specs]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise InvalidParameterError(f"bench_rounds got duplicate spec ids {dup}. Give every BenchSpec its own id.")
+    if int(threads) < 1 or int(rounds) < 1:
+        raise InvalidParameterError(f"bench_rounds needs threads >= 1 and rounds >= 1, got threads={threads}, "
+                                    f"rounds={rounds}.")
+
+
+def noise_reasons(results: list[BenchResult], threads: int, loadavg: tuple[float | None, float | None],
+                  other_cores: float | None) -> list[str]:
+    """Why a run's figures may not hold (empty when they should); `results[0]` is the baseline."""
+    reasons = []
+    limit = threads + LOAD_ALLOWANCE
+    for when, v in zip(("before", "after"), loadavg):
+        if v is not None and v > limit:
+            reasons.append(f"1-min load average {when} timing was {v:.2f}, above {limit:g} "
+                           f"(our {threads} thread(s) + {LOAD_ALLOWANCE})")
+    if other_cores is not None and other_cores > LOAD_ALLOWANCE:
+        reasons.append(f"other processes kept {other_cores:.2f} cores busy while timing")
+    for r in results[1:]:
+        if r.ok and len(r.ratios) >= 2:
+            lo, hi, mid = min(r.ratios), max(r.ratios), float(np.median(r.ratios))
+            if mid > 0 and (hi - lo) / mid > RATIO_SPREAD:
+                reasons.append(f"{r.id}: per-round ratio to the baseline ranged {lo:.3f}..{hi:.3f} "
+                               f"({(hi - lo) / mid:.0%} of its median)")
+    return reasons
+
+
+def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: int, rounds: int = 7, *,
+                 policy: str = "dedicated", progress: Callable[[int, int], None] | None = None,
+                 target_round_s: float = 0.5, min_repeats: int = 3, max_repeats: int = 200,
+                 start_timeout: float = 120.0, round_timeout: float = 600.0, pause_s: float = 0.25,
+                 ) -> tuple[list[BenchResult], dict]:
+    """Time every spec in its own worker process, in rounds; specs[0] is the baseline of the ratios.
+
+    Round r times the candidates in their order rotated by r, so none is always first (or always right after the
+    baseline). A worker that fails to load, errors or hangs (killed after `start_timeout` / `round_timeout` s) fails
+    its own candidate only. Every worker is gone when this returns or raises (KeyboardInterrupt, SystemExit).
+    Returns one result per spec and the conditions: CPU telemetry, `policy`, `loadavg_before`/`loadavg_after`,
+    `other_load_cores`, `orders` (ids per round), `noisy` and `noise_reasons`.
+
+    >>> res, tel = bench_rounds([BenchSpec(id="fp32", engine="ort", artifact="m.onnx"),
+    ...                          BenchSpec(id="int8", engine="ort", artifact="m.int8.onnx")],
+    ...                         {"x": x}, threads=2, rounds=5, policy="shared")  # doctest: +SKIP
+    >>> res[1].speedup(), tel["noisy"]  # doctest: +SKIP
+    """
+    thread_policy(policy)
+    _check_args(specs, threads, rounds)
+    results = {s.id: BenchResult(s.id, ok=True, policy=policy) for s in specs}
+    workers: list[_Worker] = []
+    by_id: dict[str, _Worker] = {}
+    orders: list[list[str]] = []
+    tel = Telemetry()
+    loadavg_before, loadavg_after, other_cores = _loadavg(), None, None
+
+    def fail(sid: str, msg) -> None:
+        results[sid].ok, results[sid].reason = False, f"benchmark worker: {msg[1]}"
+
+    with tempfile.TemporaryDirectory(prefix="edgeslim-bench-") as d:
+        graceful = False
+        try:
+            feeds_file = os.path.join(d, "feeds.npz")
+            np.savez(feeds_file, **feeds)
+            env = dict(os.environ, **worker_env(policy))
+            # the worker imports this very edgeslim, however the caller found it
+            pkg_root = str(Path(__file__).resolve().parents[1])
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p)
+            cfg = {"threads": int(threads), "policy": policy, "feeds": feeds_file}
+            for i, s in enumerate(specs):  # all load at once; timing starts when every one is ready
+                w = _start_worker(s, i, cfg, env, d)
+                workers.append(w)
+                by_id[s.id] = w
+            for s in specs:
+                msg = _recv(by_id[s.id], start_timeout)
+                if msg[0] != "ready":
+                    fail(s.id, msg)
+                else:
+                    results[s.id].peak_rss_mb = float(msg[1]["peak_rss_mb"])
+            # repeat count per candidate: enough runs for ~target_round_s per round
+            reps = {}
+            for s in [s for s in specs if results[s.id].ok]:
+                _send(by_id[s.id], ("run", 2))
+                msg = _recv(by_id[s.id], start_timeout)
+                if msg[0] != "times":
+                    fail(s.id, msg)
+                    continue
+                t = max(min(msg[1][0]), 1e-3)
+                reps[s.id] = int(min(max_repeats, max(min_repeats, math.ceil(target_round_s * 1e3 / t))))
+            live = [s for s in specs if results[s.id].ok]
+            cpu0, t0 = _cpu_seconds(workers), time.monotonic()
+            with tel:
+                for r in range(rounds):
+                    k = r % len(live) if live else 0
+                    order = [s for s in live[k:] + live[:k] if results[s.id].ok]
+                    orders.append([s.id for s in order])
+                    med = {}
+                    for s in order:
+                        w, res = by_id[s.id], results[s.id]
+                        # let the previous worker's thread pool park: onnxruntime and OpenMP spin for a while after a
+                        # run, and a spinning idle pool steals a core from the worker being timed
+                        time.sleep(pause_s)
+                        _send(w, ("run", reps[s.id]))
+                        msg = _recv(w, round_timeout)
+                        if msg[0] != "times":
+                            fail(s.id, msg)
+                            continue
+                        times, rss = msg[1]
+                        res.times_ms += times
+                        res.peak_rss_mb = max(res.peak_rss_mb, float(rss))
+                        res.repeats = reps[s.id]
+                        med[s.id] = float(np.median(times))
+                        res.round_medians_ms.append(med[s.id])
+                    base = specs[0].id
+                    if base in med:
+                        for sid, m in med.items():
+                            results[sid].ratios.append(med[base] / m)
+                    if progress:
+                        progress(r + 1, rounds)
+            cpu1, wall = _cpu_seconds(workers), time.monotonic() - t0
+            if cpu0 and cpu1 and wall > 0:
+                other_cores = round(max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / wall, 2)
+            loadavg_after = _loadavg()
+            graceful = True
+        finally:
+            _stop_workers(workers, graceful)
+    out = [results[s.id] for s in specs]
+    reasons = noise_reasons(out, threads, (loadavg_before, loadavg_after), other_cores)
+    telemetry = {**tel.summary(), "policy": policy, "threads": int(threads), "worker_env": worker_env(policy),
+                 "loadavg_before": loadavg_before, "loadavg_after": loadavg_after, "other_load_cores": other_cores,
+                 "orders": orders, "noisy": bool(reasons), "noise_reasons": reasons}
+    return out, telemetry
 
 
 def bench_one(engine: str, artifact: str, feeds: dict[str, np.ndarray], threads: int, rounds: int = 5,
-              progress=None) -> tuple[BenchResult, dict]:
-    res, tel = bench_rounds([BenchSpec(id="model", engine=engine, artifact=artifact)], feeds, threads, rounds, progress=progress)
+              progress: Callable[[int, int], None] | None = None, policy: str = "dedicated",
+              ) -> tuple[BenchResult, dict]:
+    """Time one model alone (`edgeslim bench`): `bench_rounds` with a single spec."""
+    res, tel = bench_rounds([BenchSpec(id="model", engine=engine, artifact=artifact)], feeds, threads, rounds,
+                            policy=policy, progress=progress)
     return res[0], tel
 
 

@@ -81,11 +81,23 @@ def input_specs(model: onnx.ModelProto) -> list[TensorSpec]:
     return [_spec(i) for i in model.graph.input if i.name not in inits]
 
 
+MAX_INPUT_BYTES = 1 << 31  # one input tensor larger than 2 GiB is a typo in a shape, not a benchmark
+
+
+def _check_size(spec: TensorSpec, shape: tuple[int, ...], given: bool) -> tuple[int, ...]:
+    nbytes = int(np.prod([max(d, 0) for d in shape], dtype=np.float64)) * 4
+    if nbytes > MAX_INPUT_BYTES:
+        src = "the given --shape" if given else "the model's declared shape"
+        raise ShapeError(f"input {spec.name!r}: {src} {list(shape)} needs {nbytes / 2**30:.3g} GiB for one tensor. "
+                         "Pass a smaller --shape.")
+    return shape
+
+
 def resolve_shape(spec: TensorSpec, shape: tuple[int, ...] | None, default_dynamic: int = 1) -> tuple[int, ...]:
     """A concrete shape for an input: the given one (checked against fixed dims) or fixed dims + defaults."""
     if shape is None:
-        return tuple(d if isinstance(d, int) and d > 0 else default_dynamic for d in spec.shape)
-    shape = tuple(int(s) for s in shape)
+        return _check_size(spec, tuple(d if isinstance(d, int) and d > 0 else default_dynamic for d in spec.shape), False)
+    shape = _check_size(spec, tuple(int(s) for s in shape), True)
     if len(shape) != len(spec.shape):
         raise ShapeError(
             f"input {spec.name!r} has rank {len(spec.shape)} {list(spec.shape)}, the given shape {list(shape)} "

@@ -93,11 +93,66 @@ def markdown(result) -> str:
         for k in ("cpu_percent", "freq_mhz", "temp_c"):
             v = tel.get(k)
             lines.append(f"- {k}: " + (f"mean {v['mean']}, max {v['max']}" if v else "not exposed by this OS"))
+    lines += _selection_md(result, d)
     lines += ["", "![pareto](pareto.png)", ""]
     return "\n".join(lines)
 
 
-def _html(result, md_text: str, png: bytes) -> str:
+def _selection_md(result, d: dict) -> list[str]:
+    sel, bench = d.get("selection") or {}, d.get("bench") or {}
+    out = ["", "## How the selection was made", ""]
+    if sel.get("why"):
+        out.append(f"- {sel['why']}")
+    if sel.get("rule"):
+        out.append(f"- rule: {sel['rule']}; ties go to fidelity, then size; never a candidate slower than the baseline")
+    if bench.get("confirm"):
+        out.append(f"- confirmed head to head ({bench.get('confirm_rounds')} rounds, policy `{bench.get('policy')}`): "
+                   + ", ".join(f"`{c}`" for c in bench["confirm"]))
+    tel = d.get("telemetry") or {}
+    if "loadavg_before" in tel:
+        out.append(f"- machine load (1-min average) before/after timing: {tel.get('loadavg_before')} / {tel.get('loadavg_after')}")
+    if bench.get("noisy"):
+        out.append(f"- **warning: noisy run** ({'; '.join(bench.get('noise_reasons') or [])}): speedups are less certain "
+                   "than usual; rerun on a quieter machine before trusting small differences")
+    if bench.get("cached"):
+        out.append(f"- timings reused from the cache (measured {bench.get('measured_at')}; the candidates are identical)")
+    other = bench.get("other_policy")
+    rows = [c for c in result.candidates if c.info.get(f"speedup_{other}")]
+    if rows:
+        out += ["", f"### Thread-pool policy: `{bench.get('policy')}` (selects) vs `{other}`", "",
+                "`dedicated`: pool threads spin between runs (OMP_WAIT_POLICY=ACTIVE, ORT allow_spinning=1), best on an "
+                "idle CPU; `shared`: they sleep (PASSIVE, allow_spinning=0), best when other work competes for the cores.", "",
+                f"| candidate | speedup ({bench.get('policy')}) | speedup ({other}) |", "|---|---|---|"]
+        for c in rows:
+            o = c.info[f"speedup_{other}"]
+            rng = o.get("range") or [0, 0]
+            out.append(f"| {c.id} | {c.speedup:.2f}x [{c.speedup_range[0]:.2f}-{c.speedup_range[1]:.2f}] | "
+                       f"{o['speedup']:.2f}x [{rng[0]:.2f}-{rng[1]:.2f}] |")
+        if f"if_{other}" in sel:
+            out.append(f"\nWith `--cpu {other}` the selection would be `{sel[f'if_{other}']}`.")
+    prov = [k for k in ("command", "versions", "model_sha256") if d.get(k)]
+    if prov:
+        out += ["", "## Reproduce", "", f"- command: `{' '.join(map(str, d.get('command') or []))}` (options in config.yaml)",
+                f"- versions: {', '.join(f'{k} {v}' for k, v in (d.get('versions') or {}).items())}",
+                f"- model sha256 {d.get('model_sha256', '')[:16]}..., data sha256 {str((d.get('data') or {}).get('sha256'))[:16]}..."]
+    return out
+
+
+def _deploy_md(deploy_info: dict | None, snippet: str | None) -> list[str]:
+    if not deploy_info:
+        return []
+    names = ", ".join("`" + (f["name"] if isinstance(f, dict) else str(f)) + "`" for f in deploy_info.get("files", []))
+    out = ["", "## Deploy", "", f"Engine `{deploy_info.get('engine')}` {deploy_info.get('engine_version', '')}, precision "
+           f"`{deploy_info.get('precision')}`; files: {names} and "
+           "`deploy.json` (runtime options, input/output names and shapes, pre/post-processing).",
+           "", "Run it with edgeslim: `edgeslim run . IMAGE...` or `edgeslim.load(folder).predict([...])`. "
+           "Without edgeslim, with the engine's own Python API:"]
+    if snippet:
+        out += ["", "```python", snippet.rstrip(), "```"]
+    return out
+
+
+def _html(result, md_text: str, png: bytes, snippet: str | None = None) -> str:
     d = result.to_dict()
     rows = "".join(
         "<tr class='{}'>".format(html.escape(c.status) + (" sel" if c.id == result.selected else ""))
@@ -120,20 +175,27 @@ baseline <b>{html.escape(result.baseline)}</b>; selected <b>{html.escape(result.
 Machine: {html.escape(str(d['machine'].get('cpu')))}, {d['threads']} threads. Bench input {d['bench_input_shape']}.</p>
 <table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
 <h2>Metric vs latency</h2><img alt="pareto" src="data:image/png;base64,{img}">
+<h2>Selection, conditions, deploy</h2><pre style="white-space:pre-wrap">{html.escape(md_text[md_text.find("## How the selection"):] if "## How the selection" in md_text else "")}</pre>
 {('<h2>Per-node sensitivity (mixed precision)</h2><table><tr><th>node</th><th>op</th><th>local SQNR dB</th><th>output SQNR dB</th><th>kept fp32</th></tr>' + sens + '</table>') if sens else ''}
 </body></html>"""
 
 
-def write_report(result, outdir: Path) -> dict[str, Path]:
-    """Write results.json, report.md, report.html, pareto.png into `outdir`; returns their paths."""
+def write_report(result, outdir: Path, deploy_info: dict | None = None) -> dict[str, Path]:
+    """Write results.json, report.md, report.html, pareto.png into `outdir`; returns their paths. With `deploy_info`
+    (what `edgeslim.deploy.export` wrote) the reports show how to run the delivered model with the engine's own API."""
     outdir.mkdir(parents=True, exist_ok=True)
+    snippet = None
+    if deploy_info:
+        from .deploy import snippet as make_snippet
+
+        snippet = make_snippet(outdir)
     paths = {k: outdir / v for k, v in
              {"json": "results.json", "md": "report.md", "html": "report.html", "png": "pareto.png"}.items()}
     paths["json"].write_text(json.dumps(result.to_dict(), indent=2, default=_json_default))
     pareto_plot(result, paths["png"])
-    md = markdown(result)
+    md = markdown(result) + "\n".join(_deploy_md(deploy_info, snippet)) + "\n"
     paths["md"].write_text(md)
-    paths["html"].write_text(_html(result, md, paths["png"].read_bytes()))
+    paths["html"].write_text(_html(result, md, paths["png"].read_bytes(), snippet))
     return paths
 
 

@@ -6,7 +6,6 @@ the cache (`$EDGESLIM_CACHE`, default `~/.cache/edgeslim`), then downloads and v
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -55,11 +54,9 @@ def cache_dir() -> Path:
 
 
 def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for b in iter(lambda: f.read(1 << 20), b""):
-            h.update(b)
-    return h.hexdigest()
+    from .cache import file_sha256
+
+    return file_sha256(p)
 
 
 def resolve(name: str, local_dir: str | os.PathLike | None = None) -> Path:
@@ -83,18 +80,21 @@ def resolve(name: str, local_dir: str | os.PathLike | None = None) -> Path:
             return p
     dest = cache_dir() / name_only
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
-        try:
-            with urllib.request.urlopen(e.url, timeout=60) as r:
-                while chunk := r.read(1 << 20):
-                    tmp.write(chunk)
-        except Exception as ex:
+    tmp = tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, prefix=f".{name_only}.", suffix=".part")
+    try:  # any interruption (Ctrl-C, SIGTERM, a network error) removes the partial file
+        with tmp:
+            try:
+                with urllib.request.urlopen(e.url, timeout=60) as r:
+                    while chunk := r.read(1 << 20):
+                        tmp.write(chunk)
+            except Exception as ex:
+                raise ModelLoadError(f"cannot fetch zoo model {name!r} from {e.url} ({ex}). "
+                                     f"Download it by hand into {dest.parent} (sha256 {e.sha256}).") from None
+        got = _sha256(Path(tmp.name))
+        if e.sha256 and got != e.sha256:
+            raise ModelLoadError(f"fetched {name!r} from {e.url} but its sha256 {got[:12]}... does not match. Try again later.")
+        os.replace(tmp.name, dest)
+    finally:
+        if os.path.exists(tmp.name):
             os.unlink(tmp.name)
-            raise ModelLoadError(f"cannot fetch zoo model {name!r} from {e.url} ({ex}). "
-                                 f"Download it by hand into {dest.parent} or pass --zoo-dir.") from None
-    got = _sha256(Path(tmp.name))
-    if e.sha256 and got != e.sha256:
-        os.unlink(tmp.name)
-        raise ModelLoadError(f"fetched {name!r} from {e.url} but its sha256 {got[:12]}... does not match. Try again later.")
-    os.replace(tmp.name, dest)
     return dest

@@ -12,7 +12,7 @@ import onnx
 from ..errors import EdgeslimError, InvalidParameterError
 
 __all__ = ["Engine", "Runner", "Feeds", "EngineError", "EngineUnavailableError", "ConversionError", "ParityError",
-           "read_meta", "write_meta", "meta_path"]
+           "CPU_POLICIES", "thread_policy", "read_meta", "write_meta", "meta_path"]
 
 Feeds = dict[str, np.ndarray]
 INSTALL_HINT = "pip install 'edgeslim[engines]'"
@@ -34,9 +34,34 @@ class ParityError(EngineError):
     """A converted model's outputs disagree with onnxruntime fp32 beyond the tolerance (or hold NaN/Inf)."""
 
 
+CPU_POLICIES = ("dedicated", "shared")
+
+
+def thread_policy(policy: str) -> dict:
+    """What each engine's own API needs to reproduce a policy. dedicated: pool threads spin between runs (fastest on
+    an idle CPU); shared: they sleep at once (fastest when other work competes for the cores).
+
+    `OMP_WAIT_POLICY` is read once, when the OpenMP runtime loads (ncnn's `import`), so it belongs in the environment
+    of a fresh process; `ncnn_openmp_blocktime` (`net.opt.openmp_blocktime`, ms) only reaches LLVM/Intel OpenMP
+    builds: GCC's libgomp, which the PyPI ncnn wheel bundles, ignores it.
+
+    >>> thread_policy("shared")["OMP_WAIT_POLICY"]
+    'PASSIVE'
+    """
+    if policy not in CPU_POLICIES:
+        raise InvalidParameterError(f"CPU policy {policy!r} is not one of {', '.join(CPU_POLICIES)}. Use dedicated "
+                                    "on an otherwise idle CPU, shared when other work competes for the cores.")
+    spin = policy == "dedicated"
+    flag = "1" if spin else "0"
+    return {"policy": policy, "OMP_WAIT_POLICY": "ACTIVE" if spin else "PASSIVE",
+            "ort_session_config": {"session.intra_op.allow_spinning": flag, "session.inter_op.allow_spinning": flag},
+            "ncnn_openmp_blocktime": 20 if spin else 0}
+
+
 class Runner(Protocol):
     input_names: list[str]
     output_names: list[str]
+    policy: str
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
@@ -75,7 +100,8 @@ class Engine:
                 calib_feeds: Iterable[Feeds] | None = None) -> Path:
         raise NotImplementedError
 
-    def load(self, artifact: Path, threads: int) -> Runner:
+    def load(self, artifact: Path, threads: int, policy: str = "dedicated") -> Runner:
+        """A runner with `threads` threads whose idle pool follows `policy` (see `thread_policy`)."""
         raise NotImplementedError
 
     def artifact_files(self, artifact: Path) -> list[Path]:

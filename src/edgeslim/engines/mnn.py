@@ -82,7 +82,15 @@ def _import_mnn():
 class MnnRunner:
     """Runs an .mnn module; inputs may change shape on every call (OCR line widths)."""
 
-    def __init__(self, artifact: Path, threads: int) -> None:
+    def __init__(self, artifact: Path, threads: int, policy: str = "dedicated") -> None:
+        # MNN's CPU pool has no spin/sleep knob: the PyPI wheel runs its own ThreadPool (not OpenMP), which wakes
+        # for each run and parks right after it (measured: ~0 idle CPU after a run with power normal or high), and
+        # neither the config's "power" nor any set_hint() mode keeps it spinning. The policy is recorded, and the
+        # benchmark worker still sets OMP_WAIT_POLICY for builds that use OpenMP.
+        from .base import thread_policy
+
+        thread_policy(policy)  # validates the name
+        self.policy = policy
         MNN = _import_mnn()
         meta = read_meta(artifact, "mnn")
         self.meta = meta
@@ -230,8 +238,8 @@ class MnnEngine(Engine):
                          "runtime_precision": rt_precision, "memory": memory, **info})
         return out
 
-    def load(self, artifact: Path, threads: int) -> MnnRunner:
+    def load(self, artifact: Path, threads: int, policy: str = "dedicated") -> MnnRunner:
         artifact = Path(artifact)
         if not artifact.exists():
             raise EngineError(f"{artifact}: MNN model not found. Convert one with `edgeslim convert --to mnn`.")
-        return MnnRunner(artifact, threads)
+        return MnnRunner(artifact, threads, policy)

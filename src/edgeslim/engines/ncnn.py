@@ -65,7 +65,11 @@ def _pnnx_binary() -> str:
 class NcnnRunner:
     """Runs an ncnn param/bin pair. Shapes may change per call; batches run sample by sample (ncnn has no batch)."""
 
-    def __init__(self, artifact: Path, threads: int) -> None:
+    def __init__(self, artifact: Path, threads: int, policy: str = "dedicated") -> None:
+        from .base import thread_policy
+
+        tp = thread_policy(policy)
+        self.policy = policy
         ncnn = _import_ncnn()
         meta = read_meta(artifact, "ncnn")
         self.meta = meta
@@ -75,6 +79,10 @@ class NcnnRunner:
         net = ncnn.Net()
         net.opt.num_threads = int(threads)
         net.opt.use_vulkan_compute = False
+        # Reaches LLVM/Intel OpenMP builds only; GCC's libgomp (the PyPI wheel) spins per OMP_WAIT_POLICY, which
+        # must be in the environment before ncnn is imported (the benchmark worker sets it).
+        if hasattr(net.opt, "openmp_blocktime"):
+            net.opt.openmp_blocktime = int(tp["ncnn_openmp_blocktime"])
         for k, v in meta.get("options", {}).items():
             setattr(net.opt, k, bool(v))
         param = Path(artifact).with_suffix(".param")
@@ -454,8 +462,8 @@ class NcnnEngine(Engine):
                          "options": NCNN_PRECISIONS[precision], "convert_shapes": shapes, **info})
         return out
 
-    def load(self, artifact: Path, threads: int) -> NcnnRunner:
+    def load(self, artifact: Path, threads: int, policy: str = "dedicated") -> NcnnRunner:
         artifact = Path(artifact)
         if not artifact.exists() or not artifact.with_suffix(".param").exists():
             raise EngineError(f"{artifact}: ncnn model (.bin + .param) not found. Convert one with `edgeslim convert --to ncnn`.")
-        return NcnnRunner(artifact, threads)
+        return NcnnRunner(artifact, threads, policy)

@@ -8,16 +8,20 @@ import numpy as np
 import onnx
 
 from . import register_engine
-from .base import Engine
+from .base import Engine, thread_policy
 
 
 class OrtRunner:
-    def __init__(self, artifact: Path | bytes, threads: int) -> None:
+    def __init__(self, artifact: Path | bytes, threads: int, policy: str = "dedicated") -> None:
         import onnxruntime as ort
 
+        tp = thread_policy(policy)
+        self.policy = policy
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+        for k, v in tp["ort_session_config"].items():
+            so.add_session_config_entry(k, v)
         so.log_severity_level = 3
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         src = artifact if isinstance(artifact, bytes) else str(artifact)
@@ -45,5 +49,5 @@ class OrtEngine(Engine):
         onnx.save(model, str(out))
         return out
 
-    def load(self, artifact: Path | bytes, threads: int) -> OrtRunner:
-        return OrtRunner(artifact, threads)
+    def load(self, artifact: Path | bytes, threads: int, policy: str = "dedicated") -> OrtRunner:
+        return OrtRunner(artifact, threads, policy)

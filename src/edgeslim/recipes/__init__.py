@@ -34,17 +34,28 @@ def get_recipe(spec: str) -> Recipe:
                 f"recipe option {part!r} is not valid for {name!r}. Options: {', '.join(fields) or 'none'}; "
                 f"write e.g. {name}:{next(iter(fields), 'option')}=value."
             )
-        kwargs[key] = _coerce(val, fields[key].type)
-    return cls(cls.Config(**kwargs)) if fields else cls()
+        kwargs[key] = _coerce(name, key, val, fields[key].type)
+    r = cls(cls.Config(**kwargs)) if fields else cls()
+    r.validate()
+    return r
 
 
-def _coerce(val: str, typ) -> object:
+def _coerce(recipe: str, key: str, val: str, typ) -> object:
     t = str(typ)
-    if "int" in t and "Point" not in t:
-        return int(val)
-    if "float" in t:
-        return float(val)
+    try:
+        if "int" in t and "Point" not in t:
+            return int(val)
+        if "float" in t:
+            x = float(val)
+            if x != x or x in (float("inf"), float("-inf")):
+                raise ValueError
+            return x
+    except ValueError:
+        kind = "a whole number" if "int" in t else "a finite number"
+        raise InvalidParameterError(f"recipe option {recipe}:{key}={val!r} is not {kind}. Write e.g. {recipe}:{key}=1.") from None
     if "bool" in t:
+        if val.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise InvalidParameterError(f"recipe option {recipe}:{key}={val!r} is not true/false. Write {recipe}:{key}=true.")
         return val.lower() in ("1", "true", "yes")
     return val
 

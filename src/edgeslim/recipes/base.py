@@ -47,5 +47,8 @@ class Recipe:
         opts = ",".join(f"{k}={v}" for k, v in asdict(self.config).items() if v != getattr(type(self.config)(), k))
         return self.registered_name + (f":{opts}" if opts else "")
 
+    def validate(self) -> None:
+        """Check option values before any work (raise `InvalidParameterError` naming the option)."""
+
     def apply(self, ctx: RecipeContext) -> RecipeOutput:
         raise NotImplementedError

@@ -96,6 +96,26 @@ def quantized_nodes(model: onnx.ModelProto, op_types: tuple[str, ...] = DEFAULT_
     return [n.name for n in model.graph.node if n.op_type in op_types]
 
 
+QUANT_OPS = ("Conv", "MatMul", "Gemm")
+SCOPES = ("all", "gemm")
+
+
+def check_quant_options(recipe: str, ops: str, scope: str, calibrator: str | None = None) -> None:
+    """Option values of the int8 recipes, checked before any work."""
+    from ..errors import InvalidParameterError
+    from ..quant import CALIBRATORS
+
+    bad = [o for o in ops.split("+") if o not in QUANT_OPS]
+    if bad or not ops:
+        raise InvalidParameterError(f"recipe option {recipe}:ops={ops!r} names unknown op types {bad}. "
+                                    f"Use a '+'-joined subset of {'+'.join(QUANT_OPS)}.")
+    if scope not in SCOPES:
+        raise InvalidParameterError(f"recipe option {recipe}:scope={scope!r} is not known. Use scope=all or scope=gemm.")
+    if calibrator is not None and calibrator != "auto" and calibrator not in CALIBRATORS:
+        raise InvalidParameterError(f"recipe option {recipe}:calibrator={calibrator!r}: unknown calibrator. "
+                                    f"Use auto or one of {', '.join(CALIBRATORS.names())}.")
+
+
 def outside_scope(model: onnx.ModelProto, scope: str, op_types: tuple[str, ...]) -> tuple[str, ...]:
     """Nodes of `op_types` that `scope` leaves in fp32.
 
@@ -131,6 +151,9 @@ class Int8(Recipe):
         per_channel: bool = True
         ops: str = "Conv+MatMul+Gemm"
         scope: str = "all"
+
+    def validate(self) -> None:
+        check_quant_options(self.registered_name, self.config.ops, self.config.scope, self.config.calibrator)
 
     def apply(self, ctx: RecipeContext) -> RecipeOutput:
         ops = tuple(self.config.ops.split("+"))

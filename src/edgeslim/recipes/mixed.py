@@ -191,6 +191,15 @@ class Mixed(Recipe):
         scope: str = "gemm"
         sensitivity_batches: int = 8
 
+    def validate(self) -> None:
+        from ..errors import InvalidParameterError
+        from .int8 import check_quant_options
+
+        check_quant_options(self.registered_name, self.config.ops, self.config.scope)
+        if self.config.sensitivity_batches < 1:
+            raise InvalidParameterError(f"recipe option mixed:sensitivity_batches={self.config.sensitivity_batches} "
+                                        "must be 1 or more.")
+
     def apply(self, ctx: RecipeContext) -> RecipeOutput:
         ops = tuple(self.config.ops.split("+"))
         by_scope = outside_scope(ctx.model, self.config.scope, ops)  # fp32 whatever their sensitivity

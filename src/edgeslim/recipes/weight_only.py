@@ -41,6 +41,13 @@ class WeightOnly(Recipe):
     class Config:
         min_elements: int = 1024
 
+    def validate(self) -> None:
+        from ..errors import InvalidParameterError
+
+        if self.config.min_elements < 1:
+            raise InvalidParameterError(f"recipe option {self.registered_name}:min_elements={self.config.min_elements} "
+                                        "must be 1 or more.")
+
     def apply(self, ctx: RecipeContext) -> RecipeOutput:
         m = onnx.ModelProto()
         m.CopyFrom(ctx.model)

@@ -52,6 +52,39 @@ class Task:
         """How much worse `metric` is than `baseline` (positive = worse)."""
         return baseline - metric if self.higher_is_better else metric - baseline
 
+    def baseline_problem(self, metric: float, n_eval: int) -> str | None:
+        """A message when the original model's own metric says the data or the preprocessing is wrong, else None.
+
+        A model scoring at chance on its own data is almost always fed wrongly (class order, normalisation,
+        charset); comparing candidates against such a baseline measures nothing.
+        """
+        return None
+
+    def extra_problem(self, metric_extra: dict[str, float]) -> str | None:
+        """A reason to reject a candidate on a secondary criterion in its `score()` extras, else None."""
+        return None
+
+    # ---- deployment: the task's pre/post-processing as data, and back ----------------------------------------
+
+    def deploy_spec(self) -> dict:
+        """`{"name", "preprocess", "postprocess"}`: everything a deployment needs to feed the model and read its
+        outputs as this task does, as JSON-able data (no model needed to rebuild the task from it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_deploy_spec(cls, spec: dict) -> "Task":
+        """The task `deploy_spec()` describes: feeds and decodes exactly as the task that wrote it."""
+        raise NotImplementedError
+
+    def samples_from(self, inputs: Any) -> list:
+        """Unlabelled samples from user inputs (what `predict` accepts)."""
+        raise NotImplementedError
+
+    def predict(self, runner, inputs: Any) -> Any:
+        """Predictions for user inputs, computed as evaluation computes them."""
+        preds, _ = evaluate(runner, self, self.samples_from(inputs))
+        return preds
+
 
 def evaluate(runner, task: Task, samples: list, batch_size: int = 8, progress: Callable[[int], None] | None = None) -> tuple[list, int]:
     """Predictions for every sample (in sample order) and how many non-finite output values were seen."""

@@ -37,6 +37,8 @@ class ClassifyTask(Task):
         self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
         self.size, self.calib_size, self.eval_limit = size, calib_size, eval_limit
         self.input_name = "input"
+        self.classes_: list[str] | None = None  # sorted class folder names, index = class id; set by `load`
+        self.top_k = 5
 
     def bind(self, model) -> "ClassifyTask":
         inits = {t.name for t in model.graph.initializer}
@@ -56,6 +58,7 @@ class ClassifyTask(Task):
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if not classes:
             raise DataError(f"{folder} has no class sub-folders. Put each class's images in its own sub-folder.")
+        self.classes_ = classes
         files = []
         for c, name in enumerate(classes):
             files += [(p, c) for p in sorted((folder / name).iterdir()) if p.suffix.lower() in IMAGE_EXT]
@@ -93,3 +96,78 @@ class ClassifyTask(Task):
     def fidelity(self, preds: list[int], ref_preds: list[int]) -> dict[str, float]:
         agree = float(np.mean([p == r for p, r in zip(preds, ref_preds)]))
         return {"exact_match": agree, "metric_vs_fp32": 1.0 - agree}
+
+    def baseline_problem(self, metric: float, n_eval: int) -> str | None:
+        if not self.classes_:
+            return None
+        n = len(self.classes_)
+        chance = 1.0 / n
+        if metric > chance:
+            return None
+        return (f"baseline top-1 {metric:.3f} on {n_eval} images is at or below chance ({chance:.3f} for {n} classes): "
+                "check the class folder order (sorted names = class indices) and the preprocessing "
+                "(--mean/--std/size).")
+
+    # ---- deployment -----------------------------------------------------------------------------------------
+
+    def deploy_spec(self) -> dict:
+        return {
+            "name": self.name,
+            "preprocess": {
+                "input": self.input_name,
+                "layout": "NCHW",
+                "resize": {"height": int(self.size[0]), "width": int(self.size[1]), "keep_aspect_ratio": False,
+                           "interpolation": "linear"},
+                # cv2 decodes to BGR; the task reverses the channels to RGB.
+                "channel_order": "RGB",
+                "normalize": {"divide_by": 255.0, "mean": [float(v) for v in self.mean.ravel()],
+                              "std": [float(v) for v in self.std.ravel()],
+                              "formula": "(x / 255 - mean) / std, in float32"},
+            },
+            "postprocess": {
+                "type": "topk", "output": 0, "k": self.top_k,
+                "score": "the model's output value for the class (a logit or a probability, as the model gives it)",
+                "classes": list(self.classes_) if self.classes_ else None,
+            },
+        }
+
+    @classmethod
+    def from_deploy_spec(cls, spec: dict) -> "ClassifyTask":
+        pre, post = spec["preprocess"], spec["postprocess"]
+        norm = pre["normalize"]
+        t = cls(mean=norm["mean"], std=norm["std"], size=(int(pre["resize"]["height"]), int(pre["resize"]["width"])))
+        t.input_name = pre["input"]
+        t.top_k = int(post.get("k", 5))
+        t.classes_ = list(post["classes"]) if post.get("classes") else None
+        return t
+
+    def samples_from(self, inputs) -> list[Item]:
+        """Image paths or BGR uint8 arrays (HxWx3), one or a list."""
+        if isinstance(inputs, (str, Path, np.ndarray)):
+            inputs = [inputs]
+        items = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, np.ndarray):
+                if x.ndim != 3 or x.shape[2] != 3 or x.dtype != np.uint8:
+                    raise DataError(f"input {i}: an array of shape {list(x.shape)} and dtype {x.dtype}; expected a BGR "
+                                    "uint8 image HxWx3 (as cv2.imread returns). Convert it first.")
+                items.append(Item(Path(f"<array {i}>"), x, -1))
+            else:
+                items.append(Item(Path(x), read_image(Path(x)), -1))
+        return items
+
+    def topk(self, outputs: list[np.ndarray]) -> list[list[tuple[int, float]]]:
+        """Per sample, the `top_k` (class index, score) pairs, best first; the first is `decode`'s class."""
+        o = outputs[0]
+        o = o.reshape(o.shape[0], -1)
+        order = np.argsort(-o, axis=1, kind="stable")[:, : self.top_k]
+        return [[(int(c), float(row[c])) for c in idx] for row, idx in zip(o, order)]
+
+    def predict(self, runner, inputs) -> list[list[tuple[int, float]]]:
+        """Top-k (class index, score) pairs per image; index 0 of each list is what evaluation scores."""
+        samples = self.samples_from(inputs)
+        preds: list = [None] * len(samples)
+        for b in self.batches(samples):
+            for i, p in zip(b.index, self.topk(runner.run(b.feeds))):
+                preds[i] = p
+        return preds

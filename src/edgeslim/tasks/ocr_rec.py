@@ -15,6 +15,8 @@ from . import register_task
 from .base import Batch, Task, read_image
 
 BUNDLED = Path(__file__).resolve().parent.parent / "data" / "ocr_synth"
+# A recognizer fed correctly gets most characters right; a CER this high means wrong input, not a weak model.
+BASELINE_CER_LIMIT = 0.9
 
 
 @dataclass
@@ -82,6 +84,12 @@ def load_lines(folder: Path, rows: list[tuple[int, str, str]], label_file: Path)
     return [Line(name, read_image(folder / name, where=f"{label_file}:{k}: "), text) for k, name, text in rows]
 
 
+def check_lines(folder: Path, rows: list[tuple[int, str, str]], label_file: Path) -> None:
+    """Decode each listed image and drop it: a broken file fails now, not in a later run with a larger limit."""
+    for k, name, _ in rows:
+        read_image(folder / name, where=f"{label_file}:{k}: ")
+
+
 @register_task("ocr-rec")
 class OcrRecTask(Task):
     """CTC text recognizer. Data: a folder with images and `labels.tsv` (`filename<TAB>text`), optional
@@ -108,7 +116,8 @@ class OcrRecTask(Task):
         for p in model.metadata_props:
             if p.key == "character":
                 return ["<blank>"] + p.value.splitlines() + [" "]
-        raise DataError("the model has no 'character' metadata entry; pass the character list (one per line) with --charset.")
+        raise DataError("the model has no 'character' metadata entry (its CTC dictionary). Add it: "
+                        "m.metadata_props.add(key='character', value=open('dict.txt').read()) with onnx, then save the model.")
 
     def load(self, data: Path | None, input_names=(), input_shapes=()) -> tuple[list[Line], list[Line]]:
         folder = Path(data) if data is not None else BUNDLED
@@ -134,11 +143,15 @@ class OcrRecTask(Task):
         else:
             n = min(self.calib_size, len(rows) // 2) if len(rows) > 1 else 0
             calib_rows, eval_rows = rows[:n], rows[n:]
-        if self.eval_limit:
-            eval_rows = eval_rows[: self.eval_limit]
         if not eval_rows:
             raise DataError(f"{label_file}: no evaluation lines. Add more labelled images.")
-        return load_lines(folder, calib_rows, label_file), load_lines(folder, eval_rows, label_file)
+        if self.eval_limit:
+            eval_rows = eval_rows[: self.eval_limit]
+        # Every listed image must decode, also those this run leaves out (past the limit, outside split.json).
+        used = {r[0] for r in calib_rows} | {r[0] for r in eval_rows}
+        calib = load_lines(folder, calib_rows, label_file)
+        check_lines(folder, [r for r in rows if r[0] not in used], label_file)
+        return calib, load_lines(folder, eval_rows, label_file)
 
     def _prep(self, img: np.ndarray) -> np.ndarray:
         import cv2
@@ -187,6 +200,73 @@ class OcrRecTask(Task):
 
     def bench_feeds(self, samples: list[Line]) -> dict[str, np.ndarray]:
         return {self.input_name: np.zeros((1, 3, self.height, self.min_width), np.float32) + _bench_pattern(self.height, self.min_width)}
+
+    def baseline_problem(self, metric: float, n_eval: int) -> str | None:
+        if metric < BASELINE_CER_LIMIT:
+            return None
+        return (f"baseline CER {metric:.3f} on {n_eval} lines: the original model reads almost nothing right, so the "
+                "data or the preprocessing does not match it. Check the model's 'character' metadata (its dictionary, "
+                f"one entry per line; the blank is added first), the input height ({self.height}; PP-OCR uses 48) and the "
+                "normalisation ((x/255 - 0.5)/0.5), and that labels.tsv holds the text of each image.")
+
+    # ---- deployment -----------------------------------------------------------------------------------------
+
+    def deploy_spec(self) -> dict:
+        if self.charset is None:
+            raise DataError("the ocr-rec task has no charset yet: bind it to the model (or pass charset=) first.")
+        return {
+            "name": self.name,
+            "preprocess": {
+                "input": self.input_name,
+                "layout": "NCHW",
+                # cv2 decodes to BGR and the task feeds that order unchanged (PaddleOCR does the same).
+                "channel_order": "BGR",
+                "resize": {"height": self.height, "keep_aspect_ratio": True, "interpolation": "linear",
+                           "width": "min(max_width, max(1, ceil(height * w / h)))", "max_width": self.max_width},
+                "normalize": {"divide_by": 255.0, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5],
+                              "formula": "(x / 255 - mean) / std, in float32"},
+                "pad": {"side": "right", "value": 0.0, "multiple": 32, "min_width": self.min_width,
+                        "width": "max(min_width, ceil(resized_width / 32) * 32)"},
+            },
+            "postprocess": {
+                "type": "ctc_greedy", "output": 0, "blank": 0,
+                "rule": "argmax per time step, merge repeats, drop the blank (index 0), map indices through charset",
+                "charset": list(self.charset),
+            },
+        }
+
+    @classmethod
+    def from_deploy_spec(cls, spec: dict) -> "OcrRecTask":
+        pre, post = spec["preprocess"], spec["postprocess"]
+        if post.get("blank", 0) != 0 or pre["pad"].get("multiple", 32) != 32:
+            raise DataError("this deployment's ocr-rec spec uses a blank index or pad multiple other than 0 / 32, "
+                            "which edgeslim's ocr-rec task does not implement. Re-export it with edgeslim.")
+        t = cls(charset=post["charset"], height=int(pre["resize"]["height"]), min_width=int(pre["pad"]["min_width"]),
+                max_width=int(pre["resize"]["max_width"]))
+        t.input_name = pre["input"]
+        return t
+
+    def samples_from(self, inputs) -> list[Line]:
+        """Image paths or BGR uint8 arrays (HxWx3; HxW gray and HxWx4 BGRA are converted), one or a list."""
+        import cv2
+
+        if isinstance(inputs, (str, Path, np.ndarray)):
+            inputs = [inputs]
+        lines = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, np.ndarray):
+                img = np.asarray(x)
+                if img.ndim == 2:
+                    img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+                elif img.ndim == 3 and img.shape[2] == 4:
+                    img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+                if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                    raise DataError(f"input {i}: an array of shape {list(img.shape)} and dtype {img.dtype}; expected a "
+                                    "BGR uint8 image HxWx3 (as cv2.imread returns). Convert it first.")
+                lines.append(Line(f"<array {i}>", img, ""))
+            else:
+                lines.append(Line(str(x), read_image(Path(x)), ""))
+        return lines
 
 
 def _bench_pattern(h: int, w: int) -> np.ndarray:
