@@ -202,6 +202,35 @@ def test_nan_fails_parity_even_when_argmax_agrees():
     assert compare_outputs(ref, ref).passed
 
 
+def test_collapsed_ctc_model_fails_reduced_precision_parity():
+    """A reduced-precision CTC model that reads nothing: blank frames dominate, so cosine and per-frame argmax look
+    fine (as mnnquant's KL model did: 0.905 / 0.928) while the decoded text is gone. Parity must fail."""
+    from edgeslim.tasks import get_task
+
+    task = get_task("ocr-rec", charset=["<blank>", "a", "b", "c"])
+    rng = np.random.default_rng(0)
+    ref, got = [], []
+    for i in range(8):
+        p = np.full((1, 40, 4), 0.01, np.float32)
+        p[0, :, 0] = 0.97  # blanks
+        for t in range(5, 40, 9):  # four characters, one frame each
+            p[0, t, :] = 0.01
+            p[0, t, 1 + (t + i) % 3] = 0.97
+        ref.append([p])
+        g = p.copy()
+        g[0, :, 0], g[0, :, 1:] = 0.97, 0.01  # the collapsed model: blank everywhere
+        got.append([g + rng.uniform(0, 0.001, g.shape).astype(np.float32)])
+    loose = compare_outputs(ref, got, precision="int8")
+    assert loose.argmax_agreement >= 0.9 and loose.cosine_min > 0.9  # what used to pass
+    rep = compare_outputs(ref, got, precision="int8", decode=task.decode)
+    assert not rep.passed and rep.decoded_agreement == 0.0 and "decodes identically" in rep.reason
+    assert compare_outputs(ref, ref, precision="int8", decode=task.decode).passed
+    # a bf16-like small error that keeps every text passes
+    near = [[r[0] * np.float32(1.001)] for r in ref]
+    ok = compare_outputs(ref, near, precision="bf16", decode=task.decode)
+    assert ok.passed and ok.decoded_agreement == 1.0
+
+
 @pytest.mark.parametrize("engine", ["mnn", "ncnn"])
 def test_nan_in_engine_output_fails_parity_end_to_end(engine, tmp_path):
     m = small_model(nan=True)
@@ -299,6 +328,7 @@ def test_convert_command_failing_parity_exits_2(tmp_path):
     err = [l for l in p.stderr.splitlines() if l.startswith("error:")]
     assert len(err) == 1 and "NaN/Inf" in err[0] and "Use another precision or engine" in err[0]
     assert json.loads((tmp_path / "n.mnn.parity.json").read_text())["passed"] is False
+    assert not (tmp_path / "n.mnn").exists() and not list(tmp_path.glob(".n.mnn*"))  # no unchecked model left
     p = _cli(["convert", "nan.onnx", "--to", "mnn", "--precision", "fp7", "-o", "n.mnn", "--task", "raw", "--data", "in.npz"], tmp_path)
     assert p.returncode == 2 and "Pick one of those" in p.stderr
 

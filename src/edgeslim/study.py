@@ -463,7 +463,9 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             return
         t0 = time.time()
         try:
+            prog(f"build {c.id}", 0, 1)
             eng, path = build()
+            prog(f"build {c.id}", 1, 1)
             c.seconds["build"] = round(time.time() - t0, 2)
             c.artifact, c.size_bytes = str(path.relative_to(workdir)), eng.size_bytes(path)
             t1 = time.time()

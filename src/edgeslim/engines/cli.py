@@ -20,7 +20,8 @@ def convert(
     data: Optional[Path] = typer.Option(None, "--data", help="Data folder or .npz for the task (default: bundled)."),
     calib: int = typer.Option(64, "--calib", help="Calibration inputs for int8 precisions."),
     samples: int = typer.Option(8, "--parity-samples", help="Calibration inputs compared with onnxruntime fp32."),
-    threads: int = typer.Option(2, "--threads", help="Threads for the engine."),
+    threads: int = typer.Option(2, "--threads", min=1, help="Threads for the engine."),
+    force: bool = typer.Option(False, "--force", help="Replace existing output files."),
 ) -> None:
     """Convert a model for an on-device engine and check parity with onnxruntime fp32 (stored as OUT.parity.json)."""
     from rich.console import Console
@@ -37,6 +38,9 @@ def convert(
     eng = get_engine(to)
     eng.check_precision(precision)
     path = resolve(model) if (model in ZOO and not Path(model).exists()) else Path(model)
+    out_abs = Path(out).expanduser().absolute()
+    if out_abs.exists() and not force:  # before any work
+        raise InvalidParameterError(f"-o {out_abs}: the file exists. Pass another name, or --force to replace it.")
     m = load_onnx(path)
     t = get_task(task).bind(m)
     calib_samples, _ = t.load(data)
@@ -47,7 +51,8 @@ def convert(
     with con.status(f"converting to {to}/{precision} and checking parity"):
         try:
             art, rep = convert_checked(m, to, out, precision=precision, calib_feeds=feeds[:calib],
-                                       parity_feeds=feeds[:samples], threads=threads)
+                                       parity_feeds=feeds[:samples], threads=threads, force=force,
+                                       decode=t.decode if task == "ocr-rec" else None)  # CTC: text must agree
         except Exception:
             p = parity_path(Path(out))
             if p.exists():

@@ -222,18 +222,20 @@ class Mixed(Recipe):
         ranges = calibrated_ranges(ctx, cal, ops)
         order = [r["node"] for r in table]
         trials: list[dict] = []
+        steps = [0] + [2**i for i in range(0, 12) if 2**i < len(order)] + [len(order)]
+        max_trials = len(steps) + 3  # doubling, then at most 3 bisection steps: the bar's total is known
 
         def trial(k: int) -> tuple[bool, onnx.ModelProto]:
             m = base.model if k == 0 else quantize_qdq(ctx.model, ranges, op_types=ops, exclude=by_scope + tuple(order[:k]))
             drop, fid = ctx.calib_drop(m)
             trials.append({"fp32_nodes": k, "calib_drop": round(drop, 5), **{f: round(v, 5) for f, v in fid.items()}})
             if ctx.progress:
-                ctx.progress("mixed", 1, 0)
+                ctx.progress("mixed search (trials)", 1, max_trials)
             return drop <= ctx.budget / 2 and fid.get("metric_vs_fp32", 0.0) <= 2 * ctx.budget, m
 
         # doubling, then bisection between the last failing and the first passing count
         chosen, lo = None, -1
-        for k in [0] + [2**i for i in range(0, 12) if 2**i < len(order)] + [len(order)]:
+        for k in steps:
             ok, m = trial(k)
             if ok:
                 chosen = (k, m)
@@ -253,6 +255,8 @@ class Mixed(Recipe):
         else:
             chosen = (len(order), m)
         k, m = chosen
+        if ctx.progress:  # the search stopped early: fill the bar
+            ctx.progress("mixed search (trials)", max_trials - len(trials), max_trials)
         for r in table:
             r["kept_fp32"] = r["node"] in set(order[:k])
         return RecipeOutput(m, {"calibrator": cal, "sensitivity": table, "fp32_nodes": list(by_scope) + order[:k],
