@@ -83,3 +83,30 @@ def test_bf16_rounding_and_w4_range():
     assert np.all(np.abs(y - x) <= np.abs(x) * 2**-8)
     q, s = quantize_weight(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), 4, 0)
     assert q.min() >= -8 and q.max() <= 7 and s.shape == (4,)
+
+
+def test_fp16_keeps_the_nodes_fp16_breaks():
+    """x -> *1e5 (a constant beyond fp16's 65504) -> Relu -> *1e-3 -> Relu -> *10 -> y. Plain fp16 clamps the
+    constant to 65504 (outputs 34% low); keep=auto keeps that node (and its constant) in fp32 and agrees with fp32."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeslim.recipes import RecipeContext, get_recipe
+
+    c = {k: numpy_helper.from_array(np.array([v], np.float32), k) for k, v in (("a", 1e5), ("b", 1e-3), ("c", 10.0))}
+    g = helper.make_graph([helper.make_node("Mul", ["x", "a"], ["t1"], name="m1"),
+                           helper.make_node("Relu", ["t1"], ["r1"], name="r1"),
+                           helper.make_node("Mul", ["r1", "b"], ["t2"], name="m2"),
+                           helper.make_node("Relu", ["t2"], ["r2"], name="r2"),
+                           helper.make_node("Mul", ["r2", "c"], ["y"], name="m3")], "ovf",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], list(c.values()))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    x = np.random.default_rng(0).uniform(0.5, 1.0, (1, 64)).astype(np.float32)
+    ctx = RecipeContext(model=m, original=m, calib_feeds=lambda: iter([{"x": x}]))
+    plain = get_recipe("fp16:keep=none").apply(ctx).model
+    assert np.abs(run_ort(plain, {"x": x})[0] / (1e3 * x) - 1).max() > 0.3
+    out = get_recipe("fp16").apply(ctx)
+    # the producer of the 1e5-sized tensors and their readers stay fp32; the last Mul runs in fp16
+    assert {"m1", "r1", "m2"} <= set(out.info["fp32_nodes"]) and "m3" not in out.info["fp32_nodes"]
+    np.testing.assert_allclose(run_ort(out.model, {"x": x})[0], 1e3 * x, rtol=2e-3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import sys
@@ -500,7 +501,9 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
         def build_engine(eng_name=eng_name, precision=precision):
             eng = get_engine(eng_name)
             path = cand_dir / f"{eng_name}-{precision}{eng.suffix}"
-            calib_list = list(calib_feeds()) if eng.needs_calibration(precision) else None
+            # calibrating precisions get every calibration feed; the others one, so converters take their example
+            # shapes from the user's data (ncnn's pnnx traces at that shape) instead of a made-up 32x32 input
+            calib_list = list(calib_feeds()) if eng.needs_calibration(precision) else list(itertools.islice(calib_feeds(), 1))
             return eng, eng.convert(original, path, precision=precision, calib_feeds=calib_list)
 
         build_and_score(Candidate(id=f"{eng_name}/{precision}", recipe=precision, engine=eng_name), build_engine)

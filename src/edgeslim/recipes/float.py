@@ -32,24 +32,142 @@ class Fp32(Recipe):
 
 @register_recipe("fp16")
 class Fp16(Recipe):
-    """All float tensors in fp16 with fp32 inputs/outputs (onnxruntime.transformers.float16).
+    """All float tensors in fp16 with fp32 inputs/outputs (onnxruntime.transformers.float16), keeping in fp32 the
+    nodes fp16 breaks (`keep=auto`).
 
-    On x86 CPUs without AVX512-FP16 onnxruntime runs most fp16 ops through casts: the study measures whether
-    that pays; its main gain is half the size.
+    On x86 CPUs without AVX512-FP16 onnxruntime runs most fp16 ops through casts: the study measures whether that
+    pays; its main gain is half the size. Some models break in fp16 (PP-OCRv4's DB detector: a BatchNormalization
+    in its head turns a 0.3% error into 13x, 9K pixels flip). `keep=auto` runs the fp32 and the fp16 model on a
+    few calibration inputs with every intermediate tensor exposed, finds the nodes where the relative error jumps
+    (output error > 1% and > 10x their inputs' error) or whose fp32 values leave fp16's range, keeps those in fp32
+    and repeats until the outputs agree (Olive's fp16 pass keeps a block list for the same reason, found by hand).
     """
 
     @dataclass(frozen=True, kw_only=True)
     class Config:
         keep_io_types: bool = True
+        keep: str = "auto"  # auto | none
+        max_rounds: int = 6
 
-    def apply(self, ctx: RecipeContext) -> RecipeOutput:
+    def validate(self) -> None:
+        from ..errors import InvalidParameterError
+
+        if self.config.keep not in ("auto", "none"):
+            raise InvalidParameterError(f"recipe option fp16:keep={self.config.keep!r} is not known. Use keep=auto or keep=none.")
+
+    def _convert(self, model: onnx.ModelProto, block: list[str]) -> onnx.ModelProto:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         try:
-            m = convert_float_to_float16(ctx.model, keep_io_types=self.config.keep_io_types, disable_shape_infer=False)
+            m = convert_float_to_float16(model, keep_io_types=self.config.keep_io_types, disable_shape_infer=False,
+                                         node_block_list=block or None)
         except Exception as e:
             raise RecipeError(f"fp16 conversion failed: {str(e).splitlines()[0][:200]}") from None
-        return RecipeOutput(toposort(m))
+        return toposort(_drop_fp16_round_trips(m)) if block else toposort(m)
+
+    def apply(self, ctx: RecipeContext) -> RecipeOutput:
+        block: list[str] = []
+        m = self._convert(ctx.model, block)
+        if self.config.keep == "none":
+            return RecipeOutput(m)
+        feeds = [f for _, f in zip(range(4), ctx.calib_feeds())]
+        if not feeds:
+            return RecipeOutput(m, {"fp32_nodes": []})
+        ref = _all_float_tensors(ctx.model, feeds)
+        producer = {o: n for n in ctx.model.graph.node for o in n.output}
+        outputs = [o.name for o in ctx.model.graph.output]
+        consumers: dict[str, list[str]] = {}
+        for n in ctx.model.graph.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n.name)
+        for name, v in ref.items():  # values fp16 cannot hold: their producer and every reader stay fp32
+            if float(np.max(np.abs(v))) > 6.0e4:
+                block += [n for n in [producer[name].name if name in producer else ""] + consumers.get(name, []) if n]
+        history = []
+        for _ in range(self.config.max_rounds):
+            m = self._convert(ctx.model, sorted(set(block)))
+            got = _all_float_tensors(m, feeds, names=list(ref))
+            err = {k: _rel_err(ref[k], got[k]) for k in ref if k in got}
+            out_err = max((err.get(o, 0.0) for o in outputs), default=0.0)
+            history.append({"fp32_nodes": len(set(block)), "output_rel_err": round(out_err, 5)})
+            if out_err <= 0.01:
+                break
+            jumps = []
+            for n in ctx.model.graph.node:
+                if not n.name or n.name in block or not n.output or n.output[0] not in err:
+                    continue
+                e_out = err[n.output[0]]
+                e_in = max((err.get(i, 0.0) for i in n.input if i in err), default=0.0)
+                if e_out > 0.01 and e_out > 10 * max(e_in, 1e-4):
+                    jumps.append(n.name)
+            if not jumps:
+                break
+            block += jumps
+        return RecipeOutput(m, {"fp32_nodes": sorted(set(block)), "fp16_search": history})
+
+
+def _drop_fp16_round_trips(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove Cast(fp16) -> Cast(fp32) pairs. onnxruntime's converter wraps every blocked node on its own, so two
+    neighbouring fp32 nodes still talk through an fp16 tensor (a 1e5 value becomes inf between them); where the fp16
+    tensor feeds only casts back to fp32 (and is no graph output), the round trip is dropped."""
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+
+    def cast_to(n) -> int | None:
+        return next((a.i for a in n.attribute if a.name == "to"), None) if n.op_type == "Cast" else None
+
+    rename: dict[str, str] = {}
+    drop: set[int] = set()
+    for n in g.node:
+        if cast_to(n) != TensorProto.FLOAT16 or n.output[0] in outputs:
+            continue
+        readers = users.get(n.output[0], [])
+        if readers and all(cast_to(r) == TensorProto.FLOAT and r.output[0] not in outputs for r in readers):
+            drop.add(id(n))
+            for r in readers:
+                drop.add(id(r))
+                rename[r.output[0]] = n.input[0]
+    if not drop:
+        return model
+    keep = [n for n in g.node if id(n) not in drop]
+    for n in keep:
+        for k, i in enumerate(n.input):
+            while i in rename:
+                i = rename[i]
+            n.input[k] = i
+    del g.node[:]
+    g.node.extend(keep)
+    return model
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return 0.0
+    if not np.all(np.isfinite(b)):
+        return float("inf")
+    na = np.linalg.norm(a)
+    d = np.linalg.norm(a - b)
+    return 0.0 if d == 0 else float(d / na) if na > 0 else float("inf")
+
+
+def _all_float_tensors(model: onnx.ModelProto, feeds: list[dict], names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Every node output of `model` on `feeds` (float ones, concatenated over feeds along a flat axis)."""
+    from ..model import run_all_tensors
+
+    produced = [o for n in model.graph.node for o in n.output if o]
+    names = produced if names is None else [k for k in names if k in set(produced)]
+    acc: dict[str, list[np.ndarray]] = {}
+    for f in feeds:
+        vals = run_all_tensors(model, f, names)
+        for k, v in vals.items():
+            if np.issubdtype(np.asarray(v).dtype, np.floating):
+                acc.setdefault(k, []).append(np.asarray(v, np.float32).ravel())
+    return {k: np.concatenate(v) for k, v in acc.items() if len({x.size for x in v}) >= 1}
 
 
 def to_bfloat16_bits(x: np.ndarray) -> np.ndarray:
