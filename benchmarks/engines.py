@@ -59,7 +59,7 @@ def main() -> None:
     from edgeslim.engines import get_engine
     from edgeslim.engines.parity import check_parity
     from edgeslim.model import load_onnx
-    from edgeslim.study import prepare
+    from edgeslim.graph import prepare
     from edgeslim.tasks import get_task
     from edgeslim.tasks.base import evaluate
     from edgeslim.tasks.ocr_rec import cer

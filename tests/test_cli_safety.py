@@ -335,3 +335,23 @@ def test_zoo_download_interrupted_leaves_no_part(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         zoo.resolve("yunet-n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_run_and_bench_a_delivered_folder(tmp_path, tiny, raw_data, fast_config):
+    out = tmp_path / "out"
+    r = es("optimize", tiny, "--task", "raw", "--data", raw_data, "--config", fast_config, "--recipes", "fp32", "-o", out)
+    assert r.returncode == 0, r.stderr
+    r = es("run", out, raw_data, "-o", tmp_path / "pred.npz")
+    assert r.returncode == 0, r.stderr
+    import onnxruntime as ort
+
+    x = np.load(raw_data)["x"]
+    want = ort.InferenceSession(str(tiny), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = np.load(tmp_path / "pred.npz")
+    np.testing.assert_allclose(got[got.files[0]], want, rtol=1e-4, atol=1e-5)
+    r = es("bench", out, "--rounds", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["engine"] == "ort" and d["input_shapes"]["x"][1:] == [3, 8, 8] and d["latency_ms"]["p50"] > 0
+    one_line(es("run", out, tmp_path / "missing.npz", "-o", tmp_path / "p2.npz"), 2, "missing.npz")
+    one_line(es("run", tmp_path / "nowhere", raw_data), 2, "nowhere")

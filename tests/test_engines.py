@@ -292,7 +292,7 @@ def test_default_model_fp32_parity_and_cer(engine, ocr, tmp_path):
 
 def test_ncnn_rejects_graph_it_cannot_run(ocr, tmp_path):
     # After an opset upgrade pnnx no longer forms MultiHeadAttention and leaves 5-D reshapes: a clear error.
-    from edgeslim.study import prepare
+    from edgeslim.graph import prepare
 
     m, task, calib, _ = ocr
     prepared, _ = prepare(m)

@@ -6,7 +6,7 @@ from edgeslim.errors import InvalidParameterError
 from edgeslim.recipes import RecipeContext, get_recipe, list_recipes
 from edgeslim.recipes.float import from_bfloat16_bits, to_bfloat16_bits
 from edgeslim.recipes.weight_only import quantize_weight
-from edgeslim.study import prepare
+from edgeslim.graph import prepare
 from edgeslim.tasks.raw import cosine
 
 from conftest import run_ort, tiny_conv_model

@@ -271,14 +271,16 @@ def bench(
     shp = _parse_shape(shape)
     p = Path(model)
     if p.is_dir():
-        from .deploy import read_deploy
+        from .deploy import MODEL_FILES, load as load_deployed
 
-        dep = read_deploy(p)
-        engine = dep["engine"]
-        artifact = p / dep["files"][0]
+        d = load_deployed(p)
+        dep, engine = d.spec, d.engine
+        main_role = {"ort": "onnx", "mnn": "mnn", "ncnn": "bin"}[engine]
+        artifact = d.root / dep["model_files"].get(main_role, MODEL_FILES[engine][main_role])
         threads = threads or int(dep.get("runtime", {}).get("threads", 2))
         cpu = cpu or dep.get("runtime", {}).get("thread_policy", {}).get("policy", "dedicated")
-        specs = [TensorSpec(i["name"], i.get("dtype") or "float32", tuple(d if isinstance(d, int) else None for d in i["shape"]))
+        specs = [TensorSpec(i["name"], i.get("dtype") or "float32",
+                            tuple(x if isinstance(x, int) else None for x in (i.get("shape") or [None, None, None, None])))
                  for i in dep["inputs"]]
         default = dep.get("info", {}).get("bench_input_shape")
         if shp is None and default:

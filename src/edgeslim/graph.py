@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
-from .errors import ModelLoadError
+from .errors import EdgeslimError, ModelLoadError
 
 __all__ = [
     "constants_to_initializers",
@@ -30,6 +30,7 @@ __all__ = [
     "fuse_hardswish",
     "fold_affine_into_pointwise_conv",
     "simplify",
+    "prepare",
     "opset_of",
     "toposort",
 ]
@@ -372,3 +373,14 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
     model, n_hs = fuse_hardswish(model)
     model, n_pw = fold_affine_into_pointwise_conv(model)
     return model, {"conv_affine_ops_folded": n_affine, "hardswish_fused": n_hs, "affine_ops_into_conv": n_pw}
+
+
+def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
+    """The fp32 model every recipe starts from: exact rewrites; if one fails, the plain repaired model."""
+    try:
+        return simplify(model)
+    except EdgeslimError:
+        raise
+    except Exception as e:  # a rewrite meeting a graph it does not expect must not stop the study
+        m = upgrade_opset(constants_to_initializers(model), 13)
+        return m, {"error": f"graph rewrites skipped: {type(e).__name__}: {e}"}

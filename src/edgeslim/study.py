@@ -19,7 +19,7 @@ from .bench import BenchResult, BenchSpec, bench_rounds, machine_info
 from .cache import Cache, file_sha256, key_of, tree_sha256, versions
 from .engines import get_engine
 from .errors import DataError, EdgeslimError, InvalidParameterError
-from .graph import constants_to_initializers, simplify, upgrade_opset
+from .graph import prepare
 from .model import load_onnx
 from .recipes import RecipeContext, get_recipe
 from .tasks import get_task
@@ -178,17 +178,6 @@ class StudyResult:
                 c.reason,
             ])
         return rows
-
-
-def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
-    """The fp32 model every recipe starts from: exact rewrites; if one fails, the plain repaired model."""
-    try:
-        return simplify(model)
-    except EdgeslimError:
-        raise
-    except Exception as e:  # a rewrite meeting a graph it does not expect must not stop the study
-        m = upgrade_opset(constants_to_initializers(model), 13)
-        return m, {"error": f"graph rewrites skipped: {type(e).__name__}: {e}"}
 
 
 def _engine_plan(config: StudyConfig) -> list[tuple[str, str]]:

@@ -165,7 +165,7 @@ def _calib_images(feeds: Iterable[Feeds], input_name: str, folder: Path, limit: 
 def _qdq_int8(model: onnx.ModelProto, feeds: list[Feeds]) -> tuple[onnx.ModelProto, dict]:
     """edgeslim's static int8 recipe (per-channel QDQ, its own calibrators) on the prepared model."""
     from ..recipes import RecipeContext, get_recipe
-    from ..study import prepare
+    from ..graph import prepare
 
     if not feeds:
         raise ConversionError("mnn int8 needs calibration feeds. Pass calib_feeds, or use precision w8.")
