@@ -110,3 +110,42 @@ def test_fp16_keeps_the_nodes_fp16_breaks():
     # the producer of the 1e5-sized tensors and their readers stay fp32; the last Mul runs in fp16
     assert {"m1", "r1", "m2"} <= set(out.info["fp32_nodes"]) and "m3" not in out.info["fp32_nodes"]
     np.testing.assert_allclose(run_ort(out.model, {"x": x})[0], 1e3 * x, rtol=2e-3)
+
+
+def test_absorb_affine_into_quantize_keeps_padding_exact():
+    """Q(a*x + b) == Q'(x) with scale s/a and zero point z + b/s: a zero-padded int8 conv after it pads with the
+    zero point, i.e. 0 in the affine's output domain, as the float model does. Outputs agree within one step."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeslim.quant.passes import absorb_affine_into_quantize
+
+    rng = np.random.default_rng(0)
+    C = 4
+    a, b = 1.7, 0.3
+    s, z = np.float32(0.02), np.uint8(40)
+    inits = [numpy_helper.from_array(np.full(C, a, np.float32), "g"), numpy_helper.from_array(np.full(C, b, np.float32), "be"),
+             numpy_helper.from_array(np.zeros(C, np.float32), "mu"), numpy_helper.from_array(np.full(C, 1 - 1e-5, np.float32), "var"),
+             numpy_helper.from_array(np.array(s), "s"), numpy_helper.from_array(np.array(z), "z"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (C, 1, 3, 3)).astype(np.float32), "w")]
+    g = helper.make_graph([
+        helper.make_node("BatchNormalization", ["x", "g", "be", "mu", "var"], ["aff"], name="lab"),
+        helper.make_node("QuantizeLinear", ["aff", "s", "z"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], name="dq"),
+        helper.make_node("Conv", ["dq", "w"], ["y"], group=C, kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="dw")], "lab",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 6, 6])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    x = rng.uniform(0, 1.5, (1, C, 6, 6)).astype(np.float32)
+    before = run_ort(m, {"x": x})[0]
+    m2, info = absorb_affine_into_quantize(onnx.load_from_string(m.SerializeToString()))
+    assert info["absorbed"] == 1 and 0 <= info["max_shift_steps"] <= 0.5
+    assert [n.op_type for n in m2.graph.node] == ["QuantizeLinear", "DequantizeLinear", "Conv"]
+    after = run_ort(m2, {"x": x})[0]
+    wsum = np.abs(numpy_helper.to_array(inits[-1])).reshape(C, -1).sum(1).max()
+    assert np.abs(after - before).max() <= float(s) * wsum * 1.01  # at most one quantization step per tap
+    # a per-channel (non-scalar) affine, or one with a < 0, is left alone
+    inits[0] = numpy_helper.from_array(np.array([1.0, 2.0, 1.0, 1.0], np.float32), "g")
+    del m.graph.initializer[0]
+    m.graph.initializer.insert(0, inits[0])
+    assert absorb_affine_into_quantize(m)[1]["absorbed"] == 0

@@ -38,8 +38,8 @@ __all__ = ["MnnEngine", "MnnRunner", "MNN_PRECISIONS"]
 # precision -> (converter flags, runtime precision, runtime memory mode)
 MNN_PRECISIONS: dict[str, tuple[tuple[str, ...], str, str]] = {
     "fp32": ((), "normal", "normal"),
-    "low": ((), "low", "normal"),
-    "bf16": ((), "lowBF16", "normal"),
+    "low": (("--fp16",), "low", "normal"),  # fp16 weight storage: half the file
+    "bf16": (("--fp16",), "lowBF16", "normal"),
     "w8": (("--weightQuantBits", "8"), "normal", "low"),
     "w4": (("--weightQuantBits", "4", "--weightQuantBlock", "32"), "normal", "low"),
     "int8": ((), "normal", "normal"),

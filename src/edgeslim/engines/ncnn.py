@@ -8,7 +8,8 @@ conversion reports as an error instead of writing a model that fails to load.
 Precisions: `fp32`; `bf16` (bf16 storage, fp32 arithmetic; AVX512-BF16 where present); `fp16` (fp16 storage and
 arithmetic where the CPU supports it, else ncnn falls back to fp32); `int8` (Convolution, ConvolutionDepthWise and
 InnerProduct in int8, per-output-channel weight scales, activation scales from edgeslim's calibrators, written in
-ncnn's calibration table format); `int8-bf16` (int8 layers plus bf16 storage for the rest).
+ncnn's calibration table format); `int8-bf16` (int8 layers plus bf16 storage for the rest). Every precision but fp32
+stores its float weights in fp16 in the .bin (half the file).
 """
 
 from __future__ import annotations
@@ -421,7 +422,10 @@ class NcnnEngine(Engine):
             d = Path(d)
             src = d / "model.onnx"
             onnx.save(_pnnx_input(model), str(src))
-            argv = [pnnx, src.name, "inputshape=" + ",".join(f"[{','.join(map(str, s))}]f32" for s in shapes), "fp16=0"]
+            # reduced precisions store weights in fp16 (half the file; ncnn widens or narrows them at load), so
+            # "smaller" is true of the delivered file; fp32 keeps fp32 weights so it stays exact
+            fp16 = "0" if precision == "fp32" else "1"
+            argv = [pnnx, src.name, "inputshape=" + ",".join(f"[{','.join(map(str, s))}]f32" for s in shapes), f"fp16={fp16}"]
             if shapes2 != shapes:  # a second shape tells pnnx which dims vary (OCR widths)
                 argv.append("inputshape2=" + ",".join(f"[{','.join(map(str, s))}]f32" for s in shapes2))
             run = run_tool(argv, CONVERT_TIMEOUT, cwd=d)
