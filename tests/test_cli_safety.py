@@ -300,9 +300,13 @@ def test_cache_rerun_reuses_every_candidate(tmp_path, tiny, raw_data):
     r2 = es(*base, "-o", tmp_path / "b", env=env)
     assert r2.returncode == 0, r2.stderr
     d2 = json.loads(r2.stdout)
-    assert d1["cache"]["hits"] == 0 and d2["cache"]["hits"] >= 5  # 4 candidates + the benchmark
-    assert all(c["cached"] for c in d2["candidates"]) and d2["bench"].get("cached") is True
-    assert d2["selected"] == d1["selected"]
+    assert d1["cache"]["hits"] == 0 and all(c["cached"] for c in d2["candidates"])
+    # the benchmark is replayed only when its first measurement was not flagged noisy
+    assert bool(d2["bench"].get("cached")) == (not d1["bench"]["noisy"])
+    assert d2["cache"]["hits"] == 4 + (not d1["bench"]["noisy"])
+    if d2["bench"].get("cached"):  # same candidates, same timings: the same selection
+        assert d2["selected"] == d1["selected"]
+    # (the default job's re-run, with its selection, is measured in benchmarks/cache_rerun.py)
     # one more recipe: only that one is new; the benchmark runs again (ratios are measured in one run)
     r3 = es(*base[:-6], "fp32,w8,bf16,fp16", "--rounds", "2", "--confirm-top", "1", "--json", "-o", tmp_path / "c", env=env)
     assert r3.returncode == 0, r3.stderr
@@ -355,3 +359,79 @@ def test_run_and_bench_a_delivered_folder(tmp_path, tiny, raw_data, fast_config)
     assert d["engine"] == "ort" and d["input_shapes"]["x"][1:] == [3, 8, 8] and d["latency_ms"]["p50"] > 0
     one_line(es("run", out, tmp_path / "missing.npz", "-o", tmp_path / "p2.npz"), 2, "missing.npz")
     one_line(es("run", tmp_path / "nowhere", raw_data), 2, "nowhere")
+
+
+def test_outdir_edge_cases(tmp_path, tiny, raw_data, fast_config):
+    from edgeslim.errors import InvalidParameterError
+    from edgeslim.outdir import OutputDir
+
+    base = ["optimize", tiny, "--task", "raw", "--data", raw_data, "--config", fast_config, "--recipes", "fp32"]
+    # inside a data folder: the output would become data
+    data_dir = tmp_path / "npz"
+    data_dir.mkdir()
+    np.savez(data_dir / "a.npz", x=np.load(raw_data)["x"])
+    one_line(es("optimize", tiny, "--task", "raw", "--data", data_dir, "--config", fast_config, "-o", data_dir / "out"), 2,
+             "inside the data folder")
+    # `..` and symlinks do not get past the input check
+    (tmp_path / "x").mkdir()
+    one_line(es(*base, "-o", tmp_path / "x" / ".." / "x" / ".."), 2)
+    (tmp_path / "link").symlink_to(tmp_path)
+    one_line(es(*base, "-o", tmp_path / "link"), 2)
+    assert tiny.exists() and raw_data.exists()
+    # the delivered folder is readable by others (umask 022), like a folder mkdir makes
+    out = tmp_path / "out"
+    r = es(*base, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert (out.stat().st_mode & 0o777) == 0o755
+    # an output file edited by the user counts as theirs
+    (out / "config.yaml").write_text("mine\n")
+    one_line(es(*base, "-o", out), 2, "config.yaml (edited)")
+    r = es(*base, "-o", out, "--force")
+    assert r.returncode == 0, r.stderr
+    # a file added while a run works: the new output is kept beside, not thrown away, and the old one stays
+    od = OutputDir(out, force=False)
+    with od:
+        (od.tmp / "results.json").write_text("{}")
+        (out / "added.txt").write_text("mine")
+        with pytest.raises(InvalidParameterError, match="kept in"):
+            od.commit()
+    kept = sorted(tmp_path.glob("out.new-*"))
+    assert len(kept) == 1 and (kept[0] / "results.json").read_text() == "{}" and (out / "added.txt").exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_duplicate_and_empty_candidate_lists(tmp_path, tiny, raw_data):
+    base = ["optimize", tiny, "--task", "raw", "--data", raw_data, "--engines", "ort", "-o", tmp_path / "o"]
+    one_line(es(*base, "--recipes", "fp32,fp32"), 2, "twice")
+    one_line(es(*base, "--recipes", "int8,int8:per_channel=true"), 2, "twice")
+    one_line(es(*base, "--recipes", "original"), 2, "baseline")
+    one_line(es(*base, "--recipes", ""), 2, "nothing to compare")
+    assert not (tmp_path / "o").exists()
+
+
+def test_damaged_cache_entries_are_misses(tmp_path, tiny, raw_data):
+    env = dict(os.environ, EDGESLIM_CACHE=str(tmp_path / "cache"))
+    base = ["optimize", tiny, "--task", "raw", "--data", raw_data, "--engines", "ort", "--recipes", "fp32,w8",
+            "--rounds", "1", "--confirm-top", "0", "--json"]
+    r = es(*base, "-o", tmp_path / "a", env=env)
+    assert r.returncode == 0, r.stderr
+    entries = sorted((tmp_path / "cache" / "runs" / "candidate").iterdir())
+    assert len(entries) == 3
+    (entries[0] / "blob.pkl").write_bytes(b"garbage")
+    (entries[1] / "entry.json").write_text('{"status": "ok"}')
+    r = es(*base, "-o", tmp_path / "b", env=env)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert sum(c["cached"] for c in d["candidates"]) <= 1 and d["selected"]
+
+
+def test_damaged_output_folder_and_model_inputs(tmp_path, tiny, raw_data, fast_config):
+    out = tmp_path / "out"
+    r = es("optimize", tiny, "--task", "raw", "--data", raw_data, "--config", fast_config, "--recipes", "fp32", "-o", out)
+    assert r.returncode == 0, r.stderr
+    (out / "model.onnx").unlink()
+    one_line(es("run", out, raw_data, "-o", tmp_path / "p.npz"), 2, "model.onnx")
+    one_line(es("bench", out), 2, "model.onnx")
+    one_line(es("quantize", tiny, "--recipe", "w8", "--task", "raw", "--calib", raw_data, "-o", tiny, "--force"), 2,
+             "input")
+    assert onnx.load(str(tiny)).graph.node

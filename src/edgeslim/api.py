@@ -204,7 +204,7 @@ class Result:
         return deploy.load(self.saved_to)
 
 
-def optimize(model: str | Path | None = None, *, data: str | Path | None = None, task: str = "ocr-rec",
+def optimize(model: str | Path | None = None, *, data: str | Path | None = None, task: str | None = None,
              outdir: str | Path | None = None, force: bool = False, config: str | Path | None = None,
              progress: Callable[[str, int, int], None] | None = None, **options: Any) -> Result:
     """Build, evaluate, benchmark and select, as `edgeslim optimize` does; returns a `Result`.
@@ -219,6 +219,10 @@ def optimize(model: str | Path | None = None, *, data: str | Path | None = None,
     opts = resolve_options(given, load_config(config) if config else None, where="edgeslim.optimize")
     cfg = study_config(opts)
     cfg.validate()
+    if outdir is not None:  # a folder that will be refused is refused before the work, not after
+        from .outdir import OutputDir
+
+        OutputDir(outdir, force=force, inputs=(cfg.model, cfg.data)).check()
     tmp = tempfile.TemporaryDirectory(prefix="edgeslim-")
     command = ["edgeslim.optimize", repr({k: v for k, v in given.items() if v is not None})]
     study = run_study(cfg, Path(tmp.name), progress=progress, command=command)

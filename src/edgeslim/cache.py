@@ -41,11 +41,27 @@ def tree_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_SRC_HASH: str | None = None
+
+
+def source_hash() -> str:
+    """sha256 of edgeslim's own source files: the package version does not change between commits that change
+    what a recipe or converter writes, so the cache keys on the code itself."""
+    global _SRC_HASH
+    if _SRC_HASH is None:
+        root = Path(__file__).resolve().parent
+        h = hashlib.sha256()
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+        _SRC_HASH = h.hexdigest()[:16]
+    return _SRC_HASH
+
+
 def versions() -> dict[str, str]:
-    """Versions of everything whose behaviour a result depends on ('-' where not installed)."""
+    """Versions of everything whose behaviour a result depends on ('-' where not installed), and the source hash."""
     from importlib import metadata
 
-    out = {}
+    out = {"edgeslim_source": source_hash()}
     for dist in ("edgeslim", "onnx", "onnxruntime", "MNN", "ncnn", "pnnx", "numpy", "opencv-python-headless"):
         try:
             out[dist] = metadata.version(dist)
@@ -78,11 +94,19 @@ class Cache:
         d = self._dir(kind, key)
         try:
             entry = json.loads((d / "entry.json").read_text())
+            if not isinstance(entry, dict):
+                raise ValueError
         except (OSError, ValueError):
             self.misses += 1
             return None
         self.hits += 1
         return entry, d
+
+    def drop(self, kind: str, key: str) -> None:
+        """Forget an entry that turned out unreadable (the caller then counts it as a miss)."""
+        shutil.rmtree(self._dir(kind, key), ignore_errors=True)
+        self.hits -= 1
+        self.misses += 1
 
     def blob(self, folder: Path) -> Any:
         p = folder / "blob.pkl"
@@ -105,9 +129,8 @@ class Cache:
                     with (tmp / "blob.pkl").open("wb") as fh:
                         pickle.dump(blob, fh, protocol=pickle.HIGHEST_PROTOCOL)
                 (tmp / "entry.json").write_text(json.dumps(entry, default=str))
-                if d.exists():
-                    shutil.rmtree(d, ignore_errors=True)
-                os.rename(tmp, d)
+                if not d.exists():  # the first writer wins: an entry being read is never removed under a reader
+                    os.rename(tmp, d)
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)

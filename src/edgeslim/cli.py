@@ -197,9 +197,14 @@ def run(
     inputs: list[str] = typer.Argument(..., help="Inputs: OCR line images, classify images, or .npz files (raw)."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="raw task: write the outputs to this .npz."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing -o file."),
 ) -> None:
     """Run a delivered model on inputs: OCR lines -> text, classify -> top-5, raw -> .npz."""
     from . import deploy
+    from .outdir import check_output_file
+
+    if out is not None:
+        check_output_file(out, force=force, inputs=tuple(inputs))
 
     d = deploy.load(model)
     for i in inputs:
@@ -213,7 +218,7 @@ def run(
             raise InvalidParameterError("the raw task writes arrays: pass -o OUT.npz.")
         from .outdir import atomic_write_file
 
-        atomic_write_file(out, lambda t: np.savez(open(t, "wb"), **preds), option="-o")
+        atomic_write_file(out, lambda t: np.savez(open(t, "wb"), **preds), option="-o", force=force, inputs=tuple(inputs))
         typer.echo(f"{out}: {', '.join(f'{k} {list(v.shape)}' for k, v in preds.items())}")
         return
     if as_json:
@@ -277,7 +282,7 @@ def bench(
         dep, engine = d.spec, d.engine
         main_role = {"ort": "onnx", "mnn": "mnn", "ncnn": "bin"}[engine]
         artifact = d.root / dep["model_files"].get(main_role, MODEL_FILES[engine][main_role])
-        threads = threads or int(dep.get("runtime", {}).get("threads", 2))
+        threads = threads if threads is not None else int(dep.get("runtime", {}).get("threads", 2))
         cpu = cpu or dep.get("runtime", {}).get("thread_policy", {}).get("policy", "dedicated")
         specs = [TensorSpec(i["name"], i.get("dtype") or "float32",
                             tuple(x if isinstance(x, int) else None for x in (i.get("shape") or [None, None, None, None])))
@@ -356,7 +361,7 @@ def quantize(
     import onnx
 
     from .model import load_onnx
-    from .outdir import atomic_write_file
+    from .outdir import atomic_write_file, check_output_file
     from .recipes import get_recipe
     from .study import recipe_context
     from .tasks import get_task
@@ -368,16 +373,14 @@ def quantize(
     path = resolve(model) if (model in ZOO and not Path(model).exists()) else Path(model)
     original = load_onnx(path)
     t = get_task(task).bind(original)
-    out_abs = out.expanduser().absolute()
-    if out_abs.exists() and not force:  # before any work
-        raise InvalidParameterError(f"-o {out_abs}: the file exists. Pass another name, or --force to replace it.")
+    check_output_file(out, force=force, inputs=(path,))  # before any work
     calib_samples, _ = t.load(calib)
     if not calib_samples:
         raise InvalidParameterError("the data has no calibration samples. Provide more samples with --calib.")
     budget = max_drop if max_drop is not None else t.default_budget
     with _Progress(enabled=True) as prog:
         res = r.apply(recipe_context(original, t, calib_samples, budget, threads, progress=prog))
-    atomic_write_file(out, lambda tmp: onnx.save(res.model, str(tmp)), force=force)
+    atomic_write_file(out, lambda tmp: onnx.save(res.model, str(tmp)), force=force, inputs=(path,))
     typer.echo(f"{out}  ({out.stat().st_size / 1e6:.2f} MB, recipe {r.spec})")
 
 

@@ -19,7 +19,6 @@ post-processing. The OCR charset (6,600+ entries, among them the space classes '
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import shutil
 from dataclasses import dataclass
@@ -330,9 +329,13 @@ def _load_runner(engine: str, path: Path, threads: int, policy: str):
     from .engines import get_engine
 
     eng = get_engine(engine)
-    if "policy" in inspect.signature(eng.load).parameters:
+    try:
         return eng.load(path, threads, policy)
-    return eng.load(path, threads)
+    except EdgeslimError:
+        raise
+    except Exception as e:  # a damaged model file: one line naming it
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise DeployError(f"{path}: {engine} cannot load it ({first}). Copy the folder again, or export it again.") from None
 
 
 def _bare(path: Path, task, threads: int, policy: str) -> tuple[dict, Any]:
@@ -404,10 +407,15 @@ def load(path: str | Path, *, task: Any = None, threads: int | None = None, poli
             rt = d["runtime"]
             n_threads = threads or int(rt["threads"])
             pol = policy or rt["thread_policy"]["policy"]
+            if not isinstance(d["inputs"], list) or not all("name" in i for i in d["inputs"]):
+                raise TypeError("inputs")
         except UnknownNameError:
             raise
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise DeployError(f"{f}: missing or malformed entry {e}. Export the folder again.") from None
+        missing = [n for n in d["model_files"].values() if not (root / n).is_file()]
+        if missing:
+            raise DeployError(f"{root / missing[0]}: missing from the output folder. Copy the whole folder, or export it again.")
         runner = _load_runner(engine, root / main, n_threads, pol)
         return Deployed(root, d, t, runner)
     if not path.is_file():

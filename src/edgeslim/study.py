@@ -18,6 +18,7 @@ import onnx
 from .bench import BenchResult, BenchSpec, bench_rounds, machine_info
 from .cache import Cache, file_sha256, key_of, tree_sha256, versions
 from .engines import get_engine
+from .engines.base import read_meta
 from .errors import DataError, EdgeslimError, InvalidParameterError
 from .graph import prepare
 from .model import load_onnx
@@ -81,13 +82,19 @@ class StudyConfig:
             if isinstance(val, bool) or not isinstance(val, int) or not lo <= val <= hi:
                 raise bad(opt, val, f"give a whole number from {lo} to {hi}")
         get_task(self.task)  # unknown task names fail here, with close matches
-        if not self.recipes and self.engine_precisions is None and self.engines == ():
-            raise InvalidParameterError("--recipes is empty and no engine is asked for: there is nothing to try. "
-                                        "Pass e.g. --recipes fp32,int8.")
-        for r in self.recipes:
-            get_recipe(r)  # unknown names and bad option values fail here
+        specs = [get_recipe(r).spec for r in self.recipes]  # unknown names and bad option values fail here
         get_engine(self.engine)
-        _engine_plan(self)
+        plan = _engine_plan(self)
+        if "original" in specs:
+            raise InvalidParameterError("--recipes original: the original model is always the baseline. Leave it out.")
+        ids = [f"{self.engine}/{sp}" for sp in specs] + [f"{e}/{p}" for e, p in plan]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise InvalidParameterError(f"--recipes/--engine-precisions name {dup[0]} twice (options equal to the defaults "
+                                        "name the same recipe). Keep one.")
+        if not ids:
+            raise InvalidParameterError("no recipe and no engine precision to try: there is nothing to compare with the "
+                                        "original. Pass e.g. --recipes fp32,int8.")
         if self.data is not None and not Path(self.data).exists():
             raise DataError(f"{self.data}: data not found. Pass --data with an existing folder or file.")
 
@@ -252,7 +259,8 @@ def select(cands: list[Candidate], baseline: Candidate, objective: str = "latenc
     never picked (the baseline itself is, when nothing beats it). size: the smallest candidate the baseline does not
     beat, ties to fidelity.
     """
-    ok = [c for c in cands if c.status == "ok" and c.ratios and (c is baseline or (c.speedup or 0) >= 1.0)]
+    ok = [c for c in cands if c.status == "ok" and c.ratios
+          and (objective != "latency" or c is baseline or (c.speedup or 0) >= 1.0)]
     if baseline.status == "ok" and baseline.ratios and baseline not in ok:
         ok.append(baseline)
     if not ok:
@@ -262,9 +270,13 @@ def select(cands: list[Candidate], baseline: Candidate, objective: str = "latenc
         fastest = max(ok, key=lambda c: c.speedup or 0)
         tied = [c for c in ok if c is fastest or not beats(fastest, c)]
         pick = max(tied, key=lambda c: (fid(c), -(c.size_bytes or 0), c.speedup or 0))
-        why = (f"fastest {fastest.id} ({fastest.speedup:.2f}x); " +
-               (f"it does not beat {', '.join(c.id for c in tied if c is not fastest)} by a {MARGIN:.2f}x margin its "
-                f"rounds support, so the tie went to fidelity, then size: {pick.id}" if len(tied) > 1 else "it beats every other candidate by a supported margin"))
+        if len(ok) == 1:
+            why = f"no candidate passed and ran at least as fast as {baseline.id}: the original is kept"
+        else:
+            why = (f"fastest {fastest.id} ({fastest.speedup:.2f}x); " +
+                   (f"it does not beat {', '.join(c.id for c in tied if c is not fastest)} by a {MARGIN:.2f}x margin "
+                    f"its rounds support, so the tie went to fidelity, then size: {pick.id}" if len(tied) > 1
+                    else "it beats every other timed candidate by a supported margin"))
     else:
         fit = [c for c in ok if c is baseline or not beats(baseline, c)]
         pick = min(fit, key=lambda c: (c.size_bytes or 0, -fid(c), -(c.speedup or 0)))
@@ -366,9 +378,11 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
     data_src = Path(config.data) if config.data else (BUNDLED if config.task == "ocr-rec" else None)
     data_hash = tree_sha256(data_src) if data_src is not None and Path(data_src).exists() else None
     model_hash = file_sha256(config.model)
+    mach = machine_info(config.threads)
+    # results depend on the CPU too (MNN/ncnn pick kernels and precisions by CPU features)
     common = {"model": model_hash, "task": config.task, "data": data_hash, "calib": len(calib), "eval": len(ev),
               "calib_limit": config.calib_limit, "eval_limit": config.eval_limit, "threads": config.threads,
-              "budget": budget, "versions": vers, "engine": config.engine}
+              "budget": budget, "versions": vers, "engine": config.engine, "cpu": [mach.get("cpu"), mach.get("flags")]}
     n_total = 1 + len(recipes) + len(plan)
     prog("candidates", 0, n_total)
 
@@ -384,13 +398,20 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
         if hit is None:
             return False, None
         entry, folder = hit
-        for f in entry["files"]:
-            shutil.copy2(folder / f, cand_dir / f)
-        for k in ("status", "reason", "metric", "metric_extra", "fidelity", "size_bytes", "artifact", "nonfinite",
-                  "seconds", "info"):
-            setattr(c, k, entry[k])
+        fields = ("status", "reason", "metric", "metric_extra", "fidelity", "size_bytes", "artifact", "nonfinite",
+                  "seconds", "info")
+        try:  # an entry that cannot be read back is a miss, and is forgotten
+            values = {k: entry[k] for k in fields}
+            blob = cache.blob(folder)
+            for f in entry["files"]:
+                shutil.copy2(folder / f, cand_dir / f)
+        except Exception:
+            cache.drop("candidate", key)
+            return False, None
+        for k, v in values.items():
+            setattr(c, k, v)
         c.cached = True
-        return True, cache.blob(folder)
+        return True, blob
 
     def store(c: Candidate, key: str, preds: Any = None) -> None:
         if c.status == "failed" or c.artifact is None:
@@ -465,6 +486,8 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             c.metric, c.metric_extra = scored.pop("metric"), scored
             c.fidelity = task.fidelity(preds, base_preds)
             _judge(task, c, base.metric, budget)
+            if c.status == "ok" and c.info.get("note"):
+                c.reason = c.info["note"]  # what the candidate really is, shown beside its figures
             store(c, key)
         except EdgeslimError as e:
             c.status, c.reason = "failed", str(e)
@@ -493,7 +516,11 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             # calibrating precisions get every calibration feed; the others one, so converters take their example
             # shapes from the user's data (ncnn's pnnx traces at that shape) instead of a made-up 32x32 input
             calib_list = list(calib_feeds()) if eng.needs_calibration(precision) else list(itertools.islice(calib_feeds(), 1))
-            return eng, eng.convert(original, path, precision=precision, calib_feeds=calib_list)
+            out = eng.convert(original, path, precision=precision, calib_feeds=calib_list)
+            meta = read_meta(out, eng_name)
+            c = next(x for x in cands if x.id == f"{eng_name}/{precision}")
+            c.info.update({k: meta[k] for k in ("note", "int8_weights", "int8_layers", "calibration") if k in meta})
+            return eng, out
 
         build_and_score(Candidate(id=f"{eng_name}/{precision}", recipe=precision, engine=eng_name), build_engine)
 
@@ -502,18 +529,20 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
     # policy, to show how the ranking changes on a busy (or idle) CPU.
     feeds = task.bench_feeds(ev)
     other = "shared" if config.cpu == "dedicated" else "dedicated"
-    mach = machine_info(config.threads)
     built = [c for c in cands if c.status != "failed"]
     bench_key = key_of(common, [keys[c.id] for c in built], config.rounds, config.cpu, config.confirm_top,
                        mach.get("cpu"), mach.get("flags"))
     hit = cache.get("bench", bench_key)
     bench_info: dict = {"policy": config.cpu}
+    phases, telemetry = {}, {}
     if hit is not None:
-        phases = {k: [BenchResult(**r) for r in v] for k, v in hit[0]["phases"].items()}
-        telemetry = hit[0]["telemetry"]
-        bench_info.update(cached=True, measured_at=hit[0]["measured_at"])
-    else:
-        phases, telemetry = {}, {}
+        try:
+            phases = {k: [BenchResult(**r) for r in v] for k, v in hit[0]["phases"].items()}
+            telemetry = dict(hit[0]["telemetry"])
+            bench_info.update(cached=True, measured_at=hit[0]["measured_at"])
+        except Exception:  # unreadable: measure again
+            cache.drop("bench", bench_key)
+            phases, telemetry, hit = {}, {}, None
 
     def run_phase(name: str, subset: list[Candidate], rounds: int, policy: str) -> list[BenchResult]:
         if name not in phases:
@@ -540,7 +569,8 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             if r.ok:
                 by_id[r.id].info[f"speedup_{other}"] = {"speedup": r.speedup(), "range": r.speedup_range(),
                                                         "ratios": [round(x, 4) for x in r.ratios]}
-    if hit is None:
+    noisy_now = any(isinstance(t, dict) and t.get("noisy") for t in telemetry.values())
+    if hit is None and not noisy_now:  # a noisy measurement is not replayed: the next run measures again
         cache.put("bench", bench_key, {"phases": {k: [r.__dict__ for r in v] for k, v in phases.items()},
                                        "telemetry": telemetry, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     pool = [c for c in cands if c.info.get("confirmed")] or [c for c in cands]

@@ -38,9 +38,9 @@ def convert(
     eng = get_engine(to)
     eng.check_precision(precision)
     path = resolve(model) if (model in ZOO and not Path(model).exists()) else Path(model)
-    out_abs = Path(out).expanduser().absolute()
-    if out_abs.exists() and not force:  # before any work
-        raise InvalidParameterError(f"-o {out_abs}: the file exists. Pass another name, or --force to replace it.")
+    from ..outdir import check_output_file
+
+    check_output_file(out, force=force, inputs=(path,))  # before any work
     m = load_onnx(path)
     t = get_task(task).bind(m)
     calib_samples, _ = t.load(data)

@@ -249,9 +249,11 @@ def convert_checked(model: onnx.ModelProto, engine: str, out: Path, *, precision
                            decode=decode)
         save_report(rep, parity_path(art), {"artifact": out.name, "size_bytes": eng.size_bytes(art)})
         if not rep.passed:
-            os.replace(parity_path(art), parity_path(out))
+            # an existing, checked model keeps its own parity file; the failed figures go beside it
+            failed = parity_path(out) if not out.exists() else out.with_name(out.name + ".failed.parity.json")
+            os.replace(parity_path(art), failed)
             raise ParityError(f"{engine}/{precision} output disagrees with onnxruntime fp32 ({rep.reason}); "
-                              f"details in {parity_path(out).name}; no model was written. Use another precision or engine.")
+                              f"details in {failed.name}; no model was written. Use another precision or engine.")
         files = sorted(p for p in tmp.iterdir() if p.is_file())
         clash = [out.parent / p.name for p in files if (out.parent / p.name).exists()]
         if clash and not force:

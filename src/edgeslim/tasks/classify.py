@@ -55,7 +55,7 @@ class ClassifyTask(Task):
         folder = Path(data)
         if not folder.is_dir():
             raise DataError(f"{folder}: data folder not found. Pass --data DIR with one sub-folder of images per class.")
-        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))  # hidden: not classes
         if not classes:
             raise DataError(f"{folder} has no class sub-folders. Put each class's images in its own sub-folder.")
         self.classes_ = classes

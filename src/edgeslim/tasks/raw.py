@@ -208,7 +208,18 @@ class RawTask(Task):
         raise DataError(f"raw inputs are an .npz path or a dict of arrays, not {type(inputs).__name__}.")
 
     def predict(self, runner, inputs) -> dict[str, np.ndarray]:
-        """The model's outputs by name for one feed (the arrays as given, batch axis included)."""
+        """The model's outputs by name, stacked over the samples of the first axis (each fed with a batch dim of 1,
+        as `--data` feeds them in evaluation)."""
         s = self.samples_from(inputs)[0]
-        feeds = {k: s[k] for k in (self.input_names or list(s))}
-        return dict(zip(runner.output_names, runner.run(feeds)))
+        names = self.input_names or list(s)
+        n = {int(np.shape(s[k])[0]) for k in names}
+        if len(n) != 1:
+            raise DataError(f"raw inputs hold different sample counts {sorted(n)}. Give every input the same first axis.")
+        outs: list[list[np.ndarray]] = []
+        for i in range(n.pop()):
+            try:
+                outs.append(runner.run({k: s[k][i : i + 1] for k in names}))
+            except Exception as e:
+                raise DataError(f"sample {i}: the model rejects the input ({str(e).strip().splitlines()[0][:160]}). "
+                                "Check the arrays' shapes and dtypes.") from None
+        return {name: np.concatenate([o[j] for o in outs]) for j, name in enumerate(runner.output_names)}
