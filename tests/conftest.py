@@ -9,7 +9,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EDGESLIM_SHARED", ROOT.parent / "shared"))
+def _shared() -> Path:
+    """The shared models and data: $EDGESLIM_SHARED, else ../shared beside the checkout, else the workplace's copy
+    (a clean clone made elsewhere, e.g. by CI, still finds it)."""
+    for p in (os.environ.get("EDGESLIM_SHARED"), ROOT.parent / "shared", "/work/shared"):
+        if p and (Path(p) / "models").is_dir():
+            return Path(p)
+    return ROOT.parent / "shared"
+
+
+SHARED = _shared()
 
 
 def tiny_conv_model(path: Path | None = None, *, constants_as_nodes: bool = False, opset: int = 12,

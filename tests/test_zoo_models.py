@@ -32,10 +32,20 @@ def _lines(n: int) -> list[np.ndarray]:
 
 
 def _det_inputs(n: int = 8) -> np.ndarray:
+    """Text pages: bundled OCR lines pasted onto a plain canvas (two of them left empty: an all-zero output)."""
     import cv2
 
     mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-    xs = [((cv2.resize(im, (320, 320))[:, :, ::-1] / 255.0 - mean) / std).transpose(2, 0, 1) for im in _photos(n)]
+    lines = _lines(4 * n)
+    xs = []
+    for i in range(n):
+        page = np.full((320, 320, 3), 235, np.uint8)
+        if i >= 2:
+            for j, im in enumerate(lines[4 * i : 4 * i + 4]):
+                h = 40
+                w = min(300, int(im.shape[1] * h / im.shape[0]))
+                page[20 + 75 * j : 20 + 75 * j + h, 10 : 10 + w] = cv2.resize(im, (w, h))
+        xs.append(((page[:, :, ::-1] / 255.0 - mean) / std).transpose(2, 0, 1))
     return np.stack(xs).astype(np.float32)
 
 

@@ -313,6 +313,18 @@ def recipe_context(original: onnx.ModelProto, task, calib: list, budget: float, 
             memo["preds"] = preds
         return memo["preds"], memo["metric"]
 
+    def score_runner(runner, stage: str = "score on calibration lines") -> tuple[float, dict]:
+        """(metric drop vs the original, fidelity) of any engine's runner on the calibration samples."""
+        ref_preds, ref_metric = reference()
+        prog(stage, 0, len(calib))
+        preds, nonfinite = evaluate(runner, task, calib, progress=lambda n: prog(stage, n, len(calib)))
+        if hasattr(task, "reference"):
+            saved, task.reference = task.reference, ref_preds
+        m = task.score(preds, calib)["metric"]
+        if hasattr(task, "reference"):
+            task.reference = saved
+        return (np.inf if nonfinite else task.drop(m, ref_metric)), task.fidelity(preds, ref_preds)
+
     def calib_drop(model: onnx.ModelProto) -> tuple[float, dict]:
         ref_preds, ref_metric = reference()
         preds, nonfinite = run_eval(model.SerializeToString(), "score on calibration lines")
@@ -329,7 +341,8 @@ def recipe_context(original: onnx.ModelProto, task, calib: list, budget: float, 
 
     prepared, rewrites = prepare(original)
     return RecipeContext(model=prepared, original=original, calib_feeds=calib_feeds, calib_drop=calib_drop,
-                         budget=budget, progress=prog, cache={"rewrites": rewrites, "calib_count": len(calib)})
+                         budget=budget, progress=prog, cache={"rewrites": rewrites, "calib_count": len(calib),
+                                                              "score_runner": score_runner})
 
 
 # ---- the study -----------------------------------------------------------------------------------------------
@@ -516,10 +529,16 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             # calibrating precisions get every calibration feed; the others one, so converters take their example
             # shapes from the user's data (ncnn's pnnx traces at that shape) instead of a made-up 32x32 input
             calib_list = list(calib_feeds()) if eng.needs_calibration(precision) else list(itertools.islice(calib_feeds(), 1))
-            out = eng.convert(original, path, precision=precision, calib_feeds=calib_list)
+            kw = {}
+            if eng.searches(precision):  # a search scored on the calibration samples with the task's metric
+                score = ctx().cache["score_runner"]
+                kw = {"score": lambda p: score(eng.load(p, config.threads), f"search {eng_name}/{precision}"),
+                      "budget": budget}
+            out = eng.convert(original, path, precision=precision, calib_feeds=calib_list, **kw)
             meta = read_meta(out, eng_name)
             c = next(x for x in cands if x.id == f"{eng_name}/{precision}")
-            c.info.update({k: meta[k] for k in ("note", "int8_weights", "int8_layers", "calibration") if k in meta})
+            c.info.update({k: meta[k] for k in ("note", "int8_weights", "int8_layers", "calibration", "search",
+                                                "bf16_layers") if k in meta})
             return eng, out
 
         build_and_score(Candidate(id=f"{eng_name}/{precision}", recipe=precision, engine=eng_name), build_engine)

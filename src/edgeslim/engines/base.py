@@ -91,6 +91,10 @@ class Engine:
     def needs_calibration(self, precision: str) -> bool:
         return False
 
+    def searches(self, precision: str) -> bool:
+        """Whether `convert` at this precision takes `score=` and `budget=` (a search scored on calibration data)."""
+        return False
+
     def check_precision(self, precision: str) -> None:
         if precision not in self.precisions():
             raise InvalidParameterError(f"precision {precision!r} is not one of engine {self.name}'s: "

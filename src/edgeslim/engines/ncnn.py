@@ -8,7 +8,9 @@ conversion reports as an error instead of writing a model that fails to load.
 Precisions: `fp32`; `bf16` (bf16 storage, fp32 arithmetic; AVX512-BF16 where present); `fp16` (fp16 storage and
 arithmetic where the CPU supports it, else ncnn falls back to fp32); `int8` (Convolution, ConvolutionDepthWise and
 InnerProduct in int8, per-output-channel weight scales, activation scales from edgeslim's calibrators, written in
-ncnn's calibration table format); `int8-bf16` (int8 layers plus bf16 storage for the rest). Every precision but fp32
+ncnn's calibration table format); `int8-bf16` (int8 layers plus bf16 storage for the rest); `int8-mixed` (as
+int8-bf16, with the layers whose int8 input hurts the task metric most left in bf16, found on the calibration
+samples: the per-layer fallback ncnn's own tools leave to the user). Every precision but fp32
 stores its float weights in fp16 in the .bin (half the file).
 """
 
@@ -37,6 +39,8 @@ NCNN_PRECISIONS: dict[str, dict[str, bool]] = {
     "fp16": dict(_OFF, use_fp16_storage=True, use_fp16_packed=True, use_fp16_arithmetic=True),
     "int8": dict(_OFF, use_int8_inference=True),
     "int8-bf16": dict(_OFF, use_int8_inference=True, use_bf16_storage=True, use_bf16_packed=True),
+    # int8 with the layers whose int8 input hurts most left in bf16, found on the calibration samples
+    "int8-mixed": dict(_OFF, use_int8_inference=True, use_bf16_storage=True, use_bf16_packed=True),
 }
 CONVERT_TIMEOUT = 300.0
 CALIB_TIMEOUT = 600.0
@@ -379,7 +383,27 @@ def calibrate_blobs(param: str, binf: str, feeds_file: str, layers: list[str], b
         lo, hi = cal.range(blob)
         t = max(abs(lo), abs(hi))
         res[layer] = 127.0 / t if t > 0 else 1.0
-    return res
+    # second pass: how much int8 hurts each layer's input (SQNR of symmetric int8 at the chosen scale), the ranking
+    # `int8-mixed` falls back by
+    sig: dict[str, float] = {}
+    err: dict[str, float] = {}
+    scale_of = {blob: res[layer] for layer, blob in zip(layers, bottoms)}
+    for k in keys[: max(8, len(keys) // 4)]:
+        x = np.ascontiguousarray(z[k], np.float32)
+        ex = net.create_extractor()
+        m = ncnn.Mat(x)
+        ex.input("in0", m)
+        for blob in dict.fromkeys(bottoms):
+            ret, o = ex.extract(blob)
+            if ret == 0:
+                a = np.array(o, dtype=np.float64, copy=True)
+                q = np.clip(np.rint(a * scale_of[blob]), -127, 127) / scale_of[blob]
+                sig[blob] = sig.get(blob, 0.0) + float((a * a).sum())
+                err[blob] = err.get(blob, 0.0) + float(((a - q) ** 2).sum())
+        del ex
+    sqnr = {layer: round(10 * np.log10(max(sig.get(b, 0.0), 1e-30) / max(err.get(b, 0.0), 1e-30)), 2)
+            for layer, b in zip(layers, bottoms)}
+    return {"scale": res, "sqnr": sqnr}
 
 
 @register_engine("ncnn")
@@ -403,9 +427,17 @@ class NcnnEngine(Engine):
         artifact = Path(artifact)
         return [artifact, artifact.with_suffix(".param")]
 
+    def searches(self, precision: str) -> bool:
+        return precision == "int8-mixed"
+
     def convert(self, model: onnx.ModelProto, out: Path, precision: str = "fp32",
-                calib_feeds: Iterable[Feeds] | None = None, calibrator: str = "percentile", calib_limit: int = 64) -> Path:
-        """Write `<out>` (weights, `.ncnn.bin`), `<out>.param` beside it (suffix replaced) and the `.json` sidecar."""
+                calib_feeds: Iterable[Feeds] | None = None, calibrator: str = "percentile", calib_limit: int = 64,
+                score=None, budget: float = 0.005) -> Path:
+        """Write `<out>` (weights, `.ncnn.bin`), `<out>.param` beside it (suffix replaced) and the `.json` sidecar.
+
+        `int8-mixed` needs `score(artifact) -> (metric drop, fidelity)` on the calibration samples: the layers are
+        ranked by the SQNR of their int8 input, and the fewest most-hurt layers are left in bf16 (doubling, then
+        bisection) until the drop is within half the `budget`."""
         self.check_precision(precision)
         _import_ncnn()
         pnnx = _pnnx_binary()
@@ -447,16 +479,65 @@ class NcnnEngine(Engine):
                     for k in range(x.shape[0]):
                         arrays[f"{len(arrays)}_s"] = x[k]
                 np.savez(d / "calib.npz", **arrays)
-                bottom = call_function("edgeslim.engines.ncnn:calibrate_blobs", {
+                cal = call_function("edgeslim.engines.ncnn:calibrate_blobs", {
                     "param": str(param), "binf": str(binf), "feeds_file": str(d / "calib.npz"),
                     "layers": [L.name for L in q], "bottoms": [L.bottoms[0] for L in q], "calibrator": calibrator},
                     CALIB_TIMEOUT, d, "ncnn calibration")
+                bottom = cal["scale"]
                 table = out.with_name(out.name.replace(".ncnn.bin", "") + ".table")
-                write_table(table, weight_scales(param_text, binf.read_bytes()), bottom)
-                param_text, data, done = quantize_int8(param_text, binf.read_bytes(), table)
-                binf.write_bytes(data)
-                info = {"calibration": {"samples": len(arrays), "calibrator": calibrator, "table": table.name},
-                        "int8_layers": len(done)}
+                weights = weight_scales(param_text, binf.read_bytes())
+                write_table(table, weights, bottom)
+                fp32_text, fp32_bin = param_text, binf.read_bytes()
+
+                def build(exclude: set[str], dest_param: Path, dest_bin: Path) -> list[str]:
+                    sub = d / "sub.table"
+                    write_table(sub, {k: v for k, v in weights.items() if k not in exclude},
+                                {k: v for k, v in bottom.items() if k not in exclude})
+                    text, data, done_ = quantize_int8(fp32_text, fp32_bin, sub)
+                    dest_param.write_text(text)
+                    dest_bin.write_bytes(data)
+                    return done_
+
+                info = {"calibration": {"samples": len(arrays), "calibrator": calibrator, "table": table.name}}
+                exclude: set[str] = set()
+                if precision == "int8-mixed" and score is not None:
+                    order = sorted(bottom, key=lambda k: cal["sqnr"].get(k, 1e9))
+                    trials: list[dict] = []
+
+                    def trial(k: int) -> bool:
+                        tb = d / f"trial{k}.ncnn.bin"
+                        build(set(order[:k]), tb.with_suffix(".param"), tb)
+                        write_meta(tb, {"engine": "ncnn", "precision": precision, "inputs": inputs, "outputs": outputs,
+                                        "ncnn_inputs": [f"in{i}" for i in range(len(inputs))],
+                                        "ncnn_outputs": [f"out{i}" for i in range(len(outputs))],
+                                        "options": NCNN_PRECISIONS[precision]})
+                        drop, fid = score(tb)
+                        trials.append({"bf16_layers": k, "calib_drop": round(float(drop), 5),
+                                       **{f: round(v, 5) for f, v in fid.items()}})
+                        return drop <= budget / 2 and fid.get("metric_vs_fp32", 0.0) <= 2 * budget
+
+                    steps = [0] + [2**i for i in range(0, 12) if 2**i < len(order)] + [len(order)]
+                    chosen, lo = len(order), -1
+                    for k in steps:
+                        if trial(k):
+                            chosen = k
+                            break
+                        lo = k
+                    hi = chosen
+                    for _ in range(3):
+                        if hi - lo <= 1:
+                            break
+                        mid = (lo + hi) // 2
+                        if trial(mid):
+                            hi = mid
+                        else:
+                            lo = mid
+                    exclude = set(order[:hi])
+                    info.update(search=trials, bf16_layers=sorted(exclude),
+                                sensitivity=[{"layer": k, "input_sqnr_db": cal["sqnr"].get(k)} for k in order])
+                done = build(exclude, param, binf)
+                param_text = param.read_text()
+                info["int8_layers"] = len(done)
             out.write_bytes(binf.read_bytes())
             out.with_suffix(".param").write_text(param_text)
         n_in = len(inputs)
