@@ -139,6 +139,30 @@ def test_ncnn_int8_writes_table_in_ncnn_format_and_runs(small, tmp_path):
     assert rep.passed and rep.cosine_min > 0.999 and rep.max_abs_err > 0  # close, but really quantized
 
 
+def test_ncnn_int8_mixed_leaves_the_most_hurt_layers_in_bf16(small, tmp_path):
+    """The search asks `score` for each count of bf16 layers (most-hurt first) and keeps the fewest that pass."""
+    e = get_engine("ncnn")
+    assert e.searches("int8-mixed") and not e.searches("int8")
+    seen = []
+
+    def score(path):  # pretend the task tolerates int8 only once one layer is back in bf16
+        text = Path(path).with_suffix(".param").read_text()
+        n_int8 = text.count(" 8=2") + text.count(" 8=1")
+        seen.append(n_int8)
+        return (0.0 if n_int8 <= 1 else 0.02), {"exact_match": 1.0, "metric_vs_fp32": 0.0}
+
+    art = e.convert(small, tmp_path / "m.ncnn.bin", precision="int8-mixed", calib_feeds=feeds_of(), score=score,
+                    budget=0.01)
+    meta = read_meta(art, "ncnn")
+    assert seen[0] == 2 and 1 in seen  # all int8 first, then fallback
+    assert meta["int8_layers"] == 1 and len(meta["bf16_layers"]) == 1
+    ranked = [r["layer"] for r in meta["sensitivity"]]
+    assert meta["bf16_layers"] == ranked[:1] and len(ranked) == 2  # the lowest input SQNR went back to bf16
+    assert meta["options"]["use_bf16_storage"] and meta["options"]["use_int8_inference"]
+    rep = check_parity(small, "ncnn", art, feeds_of(), threads=1)
+    assert rep.passed and rep.max_abs_err > 0
+
+
 def test_mnn_int8_through_the_quantizer_and_qdq(small, tmp_path):
     e = get_engine("mnn")
     q = e.convert(small, tmp_path / "q.mnn", precision="int8-mnnquant", calib_feeds=feeds_of())

@@ -30,10 +30,6 @@ __all__ = ["StudyConfig", "Candidate", "StudyResult", "optimize", "select", "bea
            "CPU_CHOICES"]
 
 DEFAULT_RECIPES = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "w8", "w4", "mixed")
-# Precisions tried by default on the mobile engines (each costs a conversion and an evaluation; the full list is
-# in each engine's `precisions()` and can be asked for with `--engine-precisions mnn:fp32,mnn:w8,...`).
-# MNN's low/bf16 modes give fp32 results on x86 builds without fp16/bf16 kernels, so they are left out by default.
-DEFAULT_ENGINE_PRECISIONS = {"mnn": ("fp32", "int8"), "ncnn": ("fp32", "bf16", "int8")}
 Progress = Callable[[str, int, int], None]
 
 
@@ -211,7 +207,7 @@ def _engine_plan(config: StudyConfig) -> list[tuple[str, str]]:
             continue
         if config.engines is not None and not e.available():
             raise InvalidParameterError(f"--engines {n!r}: engine not installed. Run: pip install 'edgeslim[engines]'.")
-        plan += [(n, p) for p in DEFAULT_ENGINE_PRECISIONS.get(n, e.precisions()[:1]) if p in e.precisions()]
+        plan += [(n, p) for p in e.default_precisions if p in e.precisions()]
     return plan
 
 

@@ -77,6 +77,9 @@ class Engine:
 
     name = "?"
     suffix = ".onnx"
+    # what `optimize` tries on this engine unless told (each costs a conversion and an evaluation; the full list is
+    # `precisions()`, asked for with `--engine-precisions engine:precision,...`)
+    default_precisions: tuple[str, ...] = ("fp32",)
 
     def version(self) -> str:
         return "?"

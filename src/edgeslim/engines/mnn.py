@@ -194,6 +194,8 @@ def _int8_storage_note(model: onnx.ModelProto, stored: int) -> dict:
 class MnnEngine(Engine):
     name = "mnn"
     suffix = ".mnn"
+    # low/bf16 give fp32 results on x86 builds without fp16/bf16 kernels, so they are not tried by default
+    default_precisions = ("fp32", "int8")
 
     def available(self) -> bool:
         return importlib.util.find_spec("MNN") is not None

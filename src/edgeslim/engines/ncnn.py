@@ -410,6 +410,7 @@ def calibrate_blobs(param: str, binf: str, feeds_file: str, layers: list[str], b
 class NcnnEngine(Engine):
     name = "ncnn"
     suffix = ".ncnn.bin"
+    default_precisions = ("fp32", "bf16", "int8-mixed")
 
     def available(self) -> bool:
         return importlib.util.find_spec("ncnn") is not None and importlib.util.find_spec("pnnx") is not None
