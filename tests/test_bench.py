@@ -187,9 +187,11 @@ def test_noise_reasons():
     base = BenchResult("base", ok=True, ratios=[1.0, 1.0, 1.0])
     steady = BenchResult("steady", ok=True, ratios=[1.9, 2.0, 2.1])
     jumpy = BenchResult("jumpy", ok=True, ratios=[1.0, 2.0, 1.5])
-    assert noise_reasons([base, steady], 2, (0.4, 2.3), 0.1) == []
+    one_outlier = BenchResult("outlier", ok=True, ratios=[2.0, 2.0, 2.05, 1.95, 3.5])  # one bad round of five
+    assert noise_reasons([base, steady, one_outlier], 2, (0.4, 2.3), 0.1) == []
+    # a load average left over from our own evaluation is recorded, not judged
+    assert noise_reasons([base, steady], 2, (2.6, 2.6), 0.1) == []
     reasons = noise_reasons([base, steady, jumpy], 2, (2.6, 0.1), 0.9)
-    assert len(reasons) == 3
-    assert "before" in reasons[0] and "2.60" in reasons[0]
-    assert "0.90 cores" in reasons[1]
-    assert reasons[2].startswith("jumpy:")
+    assert len(reasons) == 2
+    assert "0.90 cores" in reasons[0]
+    assert reasons[1].startswith("jumpy:")
