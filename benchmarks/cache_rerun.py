@@ -31,11 +31,13 @@ def main() -> None:
                 sys.exit(f"{name} run failed: {r.stderr.strip().splitlines()[-1:]}")
             res = json.loads(r.stdout)
             runs.append({"run": name, "seconds": round(secs, 2), "selected": res["selected"], "cache": res["cache"],
+                         "bench": {k: res["bench"].get(k) for k in ("cached", "noisy", "noise_reasons")},
                          "machine": res["machine"]})
     out = {"first_s": runs[0]["seconds"], "second_s": runs[1]["seconds"],
            "ratio": round(runs[0]["seconds"] / runs[1]["seconds"], 1),
            "same_selection": runs[0]["selected"] == runs[1]["selected"], "selected": runs[0]["selected"],
-           "cache_hits": runs[1]["cache"]["hits"], "machine": runs[0]["machine"]}
+           "cache_hits": runs[1]["cache"]["hits"], "runs": [{k: v for k, v in r.items() if k != "machine"} for r in runs],
+           "machine": runs[0]["machine"]}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "cache_rerun.json").write_text(json.dumps(out, indent=1))
     print(f"RESULT first_s={out['first_s']} second_s={out['second_s']} ratio={out['ratio']} "

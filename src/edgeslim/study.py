@@ -584,8 +584,10 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             if r.ok:
                 by_id[r.id].info[f"speedup_{other}"] = {"speedup": r.speedup(), "range": r.speedup_range(),
                                                         "ratios": [round(x, 4) for x in r.ratios]}
-    noisy_now = any(isinstance(t, dict) and t.get("noisy") for t in telemetry.values())
-    if hit is None and not noisy_now:  # a noisy measurement is not replayed: the next run measures again
+    # a noisy measurement of the phases that select is not replayed: the next run measures again (the other policy's
+    # phase only informs the report)
+    noisy_now = any(isinstance(telemetry.get(p), dict) and telemetry[p].get("noisy") for p in ("screen", "confirm"))
+    if hit is None and not noisy_now:
         cache.put("bench", bench_key, {"phases": {k: [r.__dict__ for r in v] for k, v in phases.items()},
                                        "telemetry": telemetry, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     pool = [c for c in cands if c.info.get("confirmed")] or [c for c in cands]
@@ -601,7 +603,7 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             selection[f"if_{other}"] = alt_pick.id if alt_pick else None
     screen_tel = telemetry.get("screen", {}) if isinstance(telemetry.get("screen"), dict) else {}
     noisy = any(isinstance(t, dict) and t.get("noisy") for t in telemetry.values())
-    bench_info.update(noisy=noisy, noise_reasons=sorted({r for t in telemetry.values() if isinstance(t, dict)
+    bench_info.update(noisy=noisy, noise_reasons=sorted({f"{p}: {r}" for p, t in telemetry.items() if isinstance(t, dict)
                                                          for r in t.get("noise_reasons", [])}),
                       confirm=[c.id for c in confirm], confirm_rounds=max(2 * config.rounds, 7), other_policy=other)
     shape = [int(s) for s in next(iter(feeds.values())).shape]
