@@ -174,3 +174,20 @@ def test_load_and_export_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match="policy"):
         deploy.export(tmp_path / "o", tiny, "ort", "fp32", get_task("raw"), 1, "idle")
     assert not (tmp_path / "o").exists()
+
+
+def test_optimize_delivers_a_folder_the_engine_runs_alone(default_model_path, lines, tmp_path):
+    """The whole path: optimize (tiny settings) -> the delivered folder -> its predict.py with the engine alone
+    reproduces what edgeslim's loader predicts, which is what evaluation computes."""
+    import edgeslim
+
+    res = edgeslim.optimize(recipes="fp32", engine_precisions="ncnn:bf16", objective="size", eval_limit=12,
+                            calib_limit=8, rounds=2, confirm_top=1, cache=False, outdir=tmp_path / "out")
+    out = tmp_path / "out"
+    spec = json.loads((out / "deploy.json").read_text())
+    assert spec["engine"] == res.selected.engine and (out / "predict.py").read_text() == deploy.snippet(out)
+    for f in spec["files"]:
+        assert (out / f["name"]).is_file()
+    paths, _ = lines
+    alone, _ = run_snippet(out, paths, tmp_path)
+    assert alone == edgeslim.load(out).predict(paths)
