@@ -149,3 +149,25 @@ def test_absorb_affine_into_quantize_keeps_padding_exact():
     del m.graph.initializer[0]
     m.graph.initializer.insert(0, inits[0])
     assert absorb_affine_into_quantize(m)[1]["absorbed"] == 0
+
+
+def test_blockwise_weights_match_dequantizelinear_21():
+    """w4:block=32: one scale per 32 input channels; onnxruntime's blocked DequantizeLinear reads the same values
+    back, each within half a step of the fp32 weight."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeslim.recipes.weight_only import _int4_tensor, quantize_weight_blocked
+
+    w = np.random.default_rng(0).normal(0, 0.2, (6, 70, 3, 3)).astype(np.float32)  # 70 = 2 full blocks + 6
+    q, scale = quantize_weight_blocked(w, 4, 1, 32)
+    assert q.shape == w.shape and scale.shape == (6, 3, 3, 3) and q.min() >= -8 and q.max() <= 7
+    want = q.astype(np.float32) * np.repeat(scale, 32, axis=1)[:, :70]
+    assert np.abs(want - w).max() <= np.repeat(scale, 32, axis=1)[:, :70].max() / 2 + 1e-7
+    g = helper.make_graph([helper.make_node("DequantizeLinear", ["q", "s"], ["y"], axis=1, block_size=32)], "dq", [],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(w.shape))],
+                          [_int4_tensor("q", q), numpy_helper.from_array(scale, "s")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    m.ir_version = 10
+    np.testing.assert_allclose(run_ort(m, {})[0], want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(InvalidParameterError, match="power of two"):
+        get_recipe("w4:block=24")
