@@ -81,8 +81,43 @@ def test_bf16_rounding_and_w4_range():
     x = np.array([1.0, 1.00390625, -2.5, 3.14159, 0.0], np.float32)
     y = from_bfloat16_bits(to_bfloat16_bits(x))
     assert np.all(np.abs(y - x) <= np.abs(x) * 2**-8)
+    # round to nearest, ties to even (truncation would give 1.0 for all three): bf16's step at 1.0 is 2^-7
+    x = np.array([1 + 0.75 * 2**-7, 1 + 0.5 * 2**-7, 1 + 1.5 * 2**-7, -(1 + 0.75 * 2**-7)], np.float32)
+    y = from_bfloat16_bits(to_bfloat16_bits(x))
+    assert y.tolist() == [1 + 2**-7, 1.0, 1 + 2 * 2**-7, -(1 + 2**-7)]
     q, s = quantize_weight(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), 4, 0)
     assert q.min() >= -8 and q.max() <= 7 and s.shape == (4,)
+
+
+def test_weight_only_recipes_quantize_real_sized_weights():
+    """The contract test's tiny model has no weight above the 1024-element threshold; this one does."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.05, (64, 32, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.05, (64, 32)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+                           helper.make_node("Relu", ["c"], ["r"]),
+                           helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+                           helper.make_node("Flatten", ["p"], ["f"]),
+                           helper.make_node("MatMul", ["f", "w2"], ["y"])], "big",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+                          [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    x = rng.normal(0, 1, (1, 32, 8, 8)).astype(np.float32)
+    ctx = RecipeContext(model=m, original=m, calib_feeds=lambda: iter([{"x": x}]))
+    ref = run_ort(m, {"x": x})[0]
+    fp32 = len(m.SerializeToString())
+    cos = {}
+    for spec, ratio, floor in (("w8", 0.3, 0.9999), ("w4", 0.2, 0.99), ("w4:block=32", 0.25, 0.99)):
+        out = get_recipe(spec).apply(ctx)
+        assert out.info["quantized_weights"] == 2, spec
+        assert len(out.model.SerializeToString()) < ratio * fp32, spec
+        cos[spec] = cosine(run_ort(out.model, {"x": x})[0], ref)
+        assert cos[spec] >= floor, spec
+    assert cos["w4:block=32"] > cos["w4"]  # finer scales, closer outputs
 
 
 def test_fp16_keeps_the_nodes_fp16_breaks():

@@ -271,3 +271,18 @@ def test_raw_deploy_spec_round_trip(tmp_path):
     assert back.input_names == ["a", "b"] and t.deploy_spec()["preprocess"] is None
     with pytest.raises(DataError, match="no array named 'b'"):
         back.samples_from({"a": np.zeros(2)})
+
+
+def test_metric_traps_are_errors():
+    """A charset shorter than the model's classes, or predictions and references of different lengths, used to be
+    scored silently (dropped indices read as a better CER; zip scored a prefix)."""
+    from edgeslim.errors import DataError
+    from edgeslim.tasks.ocr_rec import cer, ctc_greedy
+
+    probs = np.zeros((1, 4, 5), np.float32)
+    probs[0, :, 4] = 1.0  # class 4 everywhere
+    with pytest.raises(DataError, match="5 classes but the charset has 3"):
+        ctc_greedy(probs, ["<blank>", "a", "b"])
+    assert ctc_greedy(probs, ["<blank>", "a", "b", "c", "d"]) == ["d"]
+    with pytest.raises(ValueError, match="2 predictions for 3 references"):
+        cer(["a", "b"], ["a", "b", "c"])

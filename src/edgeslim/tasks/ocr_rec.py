@@ -41,6 +41,8 @@ def edit_distance(a: str, b: str) -> int:
 
 def cer(preds: Sequence[str], refs: Sequence[str]) -> float:
     """Sum of edit distances over sum of reference lengths."""
+    if len(preds) != len(refs):  # zip would silently score a prefix
+        raise ValueError(f"cer: {len(preds)} predictions for {len(refs)} references")
     total = sum(len(r) for r in refs)
     return sum(edit_distance(p, r) for p, r in zip(preds, refs)) / max(total, 1)
 
@@ -48,12 +50,17 @@ def cer(preds: Sequence[str], refs: Sequence[str]) -> float:
 def ctc_greedy(probs: np.ndarray, charset: Sequence[str]) -> list[str]:
     """Best-path CTC decoding: argmax per step, merge repeats, drop blank (index 0)."""
     idx = probs.argmax(axis=-1)
+    if probs.shape[-1] > len(charset):
+        # a model with more classes than the charset has entries: dropping the extra indices would read as a
+        # better CER, so this is an error
+        raise DataError(f"the model outputs {probs.shape[-1]} classes but the charset has {len(charset)} entries "
+                        "(blank + characters + space). Use the model's own dictionary.")
     out = []
     for row in idx:
         keep = np.ones(len(row), bool)
         keep[1:] = row[1:] != row[:-1]
         keep &= row != 0
-        out.append("".join(charset[i] for i in row[keep] if i < len(charset)))
+        out.append("".join(charset[i] for i in row[keep]))
     return out
 
 
