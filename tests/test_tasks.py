@@ -103,10 +103,17 @@ def test_classify_loads_folders(tmp_path):
 
 # ---- raw task: dataset-level agreement over every output ----------------------------------------------------------
 
-def _raw(reference=None):
-    t = get_task("raw")
-    t.reference = reference
-    return t
+class _raw:
+    """A raw task whose `score` is bound to a reference (the original's predictions)."""
+
+    def __init__(self, reference=None):
+        self.t, self.reference = get_task("raw"), reference
+
+    def score(self, preds, samples):
+        return self.t.score(preds, samples, reference=self.reference)
+
+    def __getattr__(self, name):
+        return getattr(self.t, name)
 
 
 def test_raw_all_zero_reference_and_candidate_agree_perfectly():

@@ -215,7 +215,7 @@ def _judge(task, cand: Candidate, base_metric: float, budget: float) -> None:
     if cand.nonfinite:
         cand.status, cand.reason = "rejected", f"{cand.nonfinite} NaN/Inf output values"
         return
-    second = task.extra_problem(cand.metric_extra) if hasattr(task, "extra_problem") else None
+    second = task.extra_problem(cand.metric_extra)
     if second:
         cand.status, cand.reason = "rejected", second
         return
@@ -300,12 +300,7 @@ def recipe_context(original: onnx.ModelProto, task, calib: list, budget: float, 
         if "preds" not in memo:
             preds, _ = run_eval(reference_model if reference_model is not None else original.SerializeToString(),
                                 "evaluate original (calib)")
-            saved = getattr(task, "reference", None)
-            if hasattr(task, "reference"):
-                task.reference = preds
             memo["metric"] = task.score(preds, calib)["metric"]
-            if hasattr(task, "reference"):
-                task.reference = saved
             memo["preds"] = preds
         return memo["preds"], memo["metric"]
 
@@ -314,21 +309,13 @@ def recipe_context(original: onnx.ModelProto, task, calib: list, budget: float, 
         ref_preds, ref_metric = reference()
         prog(stage, 0, len(calib))
         preds, nonfinite = evaluate(runner, task, calib, progress=lambda n: prog(stage, n, len(calib)))
-        if hasattr(task, "reference"):
-            saved, task.reference = task.reference, ref_preds
-        m = task.score(preds, calib)["metric"]
-        if hasattr(task, "reference"):
-            task.reference = saved
+        m = task.score(preds, calib, reference=ref_preds)["metric"]
         return (np.inf if nonfinite else task.drop(m, ref_metric)), task.fidelity(preds, ref_preds)
 
     def calib_drop(model: onnx.ModelProto) -> tuple[float, dict]:
         ref_preds, ref_metric = reference()
         preds, nonfinite = run_eval(model.SerializeToString(), "score on calibration lines")
-        if hasattr(task, "reference"):
-            saved, task.reference = task.reference, ref_preds
-        m = task.score(preds, calib)["metric"]
-        if hasattr(task, "reference"):
-            task.reference = saved
+        m = task.score(preds, calib, reference=ref_preds)["metric"]
         return (np.inf if nonfinite else task.drop(m, ref_metric)), task.fidelity(preds, ref_preds)
 
     def calib_feeds():
@@ -445,16 +432,12 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
         except Exception as e:
             raise InvalidParameterError(f"{config.model}: the model cannot run on this data ({str(e).splitlines()[0][:200]}). "
                                         "Check --task and --data match the model.") from None
-        if hasattr(task, "reference"):
-            task.reference = base_preds
         scored = task.score(base_preds, ev)
         base.metric, base.metric_extra = scored.pop("metric"), scored
         base.fidelity = task.fidelity(base_preds, base_preds)
         base.seconds["evaluate"] = round(time.time() - t0, 2)
         store(base, base_key, base_preds)
-    elif hasattr(task, "reference"):
-        task.reference = base_preds
-    problem = task.baseline_problem(base.metric, len(ev)) if hasattr(task, "baseline_problem") else None
+    problem = task.baseline_problem(base.metric, len(ev))
     if problem:
         raise DataError(f"{config.data or 'bundled data'}: {problem}")
     prog("candidates", 1, n_total)
@@ -491,7 +474,7 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             t1 = time.time()
             preds, c.nonfinite = run_eval(path, ev, f"evaluate {c.id}", eng)
             c.seconds["evaluate"] = round(time.time() - t1, 2)
-            scored = task.score(preds, ev)
+            scored = task.score(preds, ev, reference=base_preds)
             c.metric, c.metric_extra = scored.pop("metric"), scored
             c.fidelity = task.fidelity(preds, base_preds)
             _judge(task, c, base.metric, budget)

@@ -25,7 +25,11 @@ class Task:
     higher_is_better = True
     default_budget = 0.01
 
-    def load(self, data: Path | None, input_names: Sequence[str], input_shapes: Sequence[tuple]) -> tuple[list, list]:
+    def bind(self, model) -> "Task":
+        """Take what the task needs from the model (input names, an OCR charset, a classifier's input size)."""
+        raise NotImplementedError
+
+    def load(self, data: Path | None) -> tuple[list, list]:
         """Return (calibration samples, evaluation samples)."""
         raise NotImplementedError
 
@@ -36,8 +40,9 @@ class Task:
         """One prediction per sample of the batch, from the model's outputs."""
         raise NotImplementedError
 
-    def score(self, preds: list, samples: list) -> dict[str, float]:
-        """Metric (key `metric`) plus extras, against labels."""
+    def score(self, preds: list, samples: list, reference: list | None = None) -> dict[str, float]:
+        """Metric (key `metric`) plus extras, against labels. `reference`: the original model's predictions on the
+        same samples, for label-free tasks (None scores the original itself)."""
         raise NotImplementedError
 
     def fidelity(self, preds: list, ref_preds: list) -> dict[str, float]:

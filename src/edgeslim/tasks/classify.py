@@ -49,7 +49,7 @@ class ClassifyTask(Task):
             self.size = (dims[2], dims[3])
         return self
 
-    def load(self, data: Path | None, input_names=(), input_shapes=()) -> tuple[list[Item], list[Item]]:
+    def load(self, data: Path | None) -> tuple[list[Item], list[Item]]:
         if data is None:
             raise DataError("the classify task needs --data DIR with one sub-folder of images per class.")
         folder = Path(data)
@@ -90,7 +90,7 @@ class ClassifyTask(Task):
         o = outputs[0]
         return list(o.reshape(o.shape[0], -1).argmax(axis=1).astype(int))
 
-    def score(self, preds: list[int], samples: list[Item]) -> dict[str, float]:
+    def score(self, preds: list[int], samples: list[Item], reference: list | None = None) -> dict[str, float]:
         return {"metric": float(np.mean([p == s.label for p, s in zip(preds, samples)]))}
 
     def fidelity(self, preds: list[int], ref_preds: list[int]) -> dict[str, float]:

@@ -126,7 +126,7 @@ class OcrRecTask(Task):
         raise DataError("the model has no 'character' metadata entry (its CTC dictionary). Add it: "
                         "m.metadata_props.add(key='character', value=open('dict.txt').read()) with onnx, then save the model.")
 
-    def load(self, data: Path | None, input_names=(), input_shapes=()) -> tuple[list[Line], list[Line]]:
+    def load(self, data: Path | None) -> tuple[list[Line], list[Line]]:
         folder = Path(data) if data is not None else BUNDLED
         if not folder.exists():
             raise DataError(f"{folder}: data folder not found. Pass --data DIR holding images and labels.tsv.")
@@ -198,7 +198,7 @@ class OcrRecTask(Task):
     def decode(self, outputs: list[np.ndarray]) -> list[str]:
         return ctc_greedy(outputs[0], self.charset)
 
-    def score(self, preds: list[str], samples: list[Line]) -> dict[str, float]:
+    def score(self, preds: list[str], samples: list[Line], reference: list | None = None) -> dict[str, float]:
         refs = [s.text for s in samples]
         return {"metric": cer(preds, refs), "line_acc": float(np.mean([p == r for p, r in zip(preds, refs)]))}
 

@@ -110,7 +110,6 @@ class RawTask(Task):
 
     def __init__(self, calib_size: int = 32, eval_limit: int | None = None) -> None:
         self.calib_size, self.eval_limit = calib_size, eval_limit
-        self.reference: list[list[np.ndarray]] | None = None  # the fp32 baseline's predictions on the scored samples
         self.input_names: list[str] = []
 
     def bind(self, model) -> "RawTask":
@@ -118,7 +117,7 @@ class RawTask(Task):
         self.input_names = [i.name for i in model.graph.input if i.name not in inits]
         return self
 
-    def load(self, data: Path | None, input_names=(), input_shapes=()) -> tuple[list, list]:
+    def load(self, data: Path | None) -> tuple[list, list]:
         if data is None:
             raise DataError("the raw task needs --data FILE.npz (or a folder of .npz) with one array per model input.")
         p = Path(data)
@@ -160,11 +159,11 @@ class RawTask(Task):
         """The batch holds one sample: its prediction is the list of every output."""
         return [[np.asarray(o) for o in outputs]]
 
-    def score(self, preds: list[list[np.ndarray]], samples: list) -> dict[str, float]:
-        if self.reference is None:  # the baseline itself
+    def score(self, preds: list[list[np.ndarray]], samples: list, reference: list | None = None) -> dict[str, float]:
+        if reference is None:  # the original itself
             return {"metric": 1.0, "max_abs_err": 0.0, "argmax_agree": 1.0}
-        f = self.fidelity(preds, self.reference)
-        return {"metric": agreement(preds, self.reference), "max_abs_err": max_abs_error(preds, self.reference),
+        f = self.fidelity(preds, reference)
+        return {"metric": agreement(preds, reference), "max_abs_err": max_abs_error(preds, reference),
                 "argmax_agree": f["exact_match"]}
 
     def fidelity(self, preds: list[list[np.ndarray]], ref_preds: list[list[np.ndarray]]) -> dict[str, float]:
