@@ -13,15 +13,13 @@ notebook and in a script without an `if __name__ == "__main__":` guard.
 from __future__ import annotations
 
 import difflib
-import math
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import DataError, InvalidParameterError
+from .errors import InvalidParameterError
 
 __all__ = ["OPTIONS", "optimize", "Result", "load_config", "resolve_options", "study_config", "save_outputs",
            "DEFAULT_EVAL_LIMIT"]
