@@ -151,3 +151,21 @@ def test_export_rejects_fp32_and_load_rejects_junk(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(ModelLoadError):
         load_packed(tmp_path / "junk.npz")
+
+
+def test_packed_inference_needs_no_torch(tmp_path):
+    """A packed BNN loads and runs without torch: the inference module is apart from the training one."""
+    import subprocess
+    import sys
+
+    model = MnistBNN("xnor", widths=(4, 8, 8, 8, 8)).eval()
+    save_packed(export_packed(model), tmp_path / "bnn.npz")
+    code = ("import sys, numpy as np\n"
+            "sys.modules['torch'] = None  # any import of torch fails\n"
+            "from edgeslim.kernels.packed_bnn import load_packed\n"
+            f"p = load_packed({str(tmp_path / 'bnn.npz')!r})\n"
+            "y = p.run(np.zeros((1, 1, 28, 28), np.float32))\n"
+            "print(y.shape)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert r.stdout.strip() == "(1, 10)"

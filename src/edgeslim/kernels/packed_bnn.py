@@ -1,0 +1,169 @@
+"""Packed binary-network inference, torch-free: bit-packed weights, the numba binary kernels and the
+folded BatchNorm thresholds of a trained `edgeslim.train.bnn.MnistBNN` (exported by `export_packed`).
+
+Kept apart from the torch training modules so a deployment loads and runs a packed BNN with numpy and numba only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["PackedBlock", "PackedBNN", "save_packed", "load_packed"]
+
+
+# ---------------------------------------------------------------------------- packed inference
+@dataclass(frozen=True, kw_only=True)
+class PackedBlock:
+    """One binary conv: packed weights ``[3, 3, Cw, O]`` and the folded BN ``y = scale*dot + shift``."""
+
+    w_packed: np.ndarray
+    cin: int
+    cout: int
+    stride: int
+    scale: np.ndarray
+    shift: np.ndarray
+    beta: np.ndarray | None = None  # RSign threshold (reactnet)
+    rprelu: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # gamma, slope, zeta
+    shortcut: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackedBNN:
+    """A trained :class:`MnistBNN` in bit-packed form, run by :mod:`edgeslim.kernels.binary`.
+
+    Activations are NHWC; between two ``xnor`` blocks batch norm and sign fuse into the
+    integer threshold test of :func:`~edgeslim.kernels.binary.bn_to_threshold`.
+    """
+
+    kind: str
+    stem_w: np.ndarray  # [O, 1, 3, 3] with BN folded
+    stem_b: np.ndarray
+    blocks: tuple[PackedBlock, ...]
+    fc_w: np.ndarray
+    fc_b: np.ndarray
+    _thresholds: tuple = field(default=(), init=False, repr=False)
+    _weights: tuple = field(default=(), init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from . import binary as bk
+
+        # run-time forms: fused BN+sign thresholds and the lut engine's tables (built once)
+        object.__setattr__(self, "_thresholds", tuple(bk.bn_to_threshold(b.scale, b.shift) for b in self.blocks))
+        object.__setattr__(self, "_weights", tuple(bk.prepare_weights(b.w_packed) for b in self.blocks))
+
+    def weight_bytes(self) -> int:
+        """Bytes of all weights (packed binary layers + real stem/classifier)."""
+        arrays = [self.stem_w, self.stem_b, self.fc_w, self.fc_b]
+        for b in self.blocks:
+            arrays += [b.w_packed, b.scale, b.shift]
+        return int(sum(a.nbytes for a in arrays))
+
+    def _stem(self, x: np.ndarray) -> np.ndarray:
+        # x [B, 1, H, W] -> NHWC [B, H, W, C]: a direct 3x3 conv with one input channel (numba)
+        out = np.empty((x.shape[0], x.shape[2], x.shape[3], self.stem_w.shape[0]), dtype=np.float32)
+        _stem_kernel()(np.ascontiguousarray(x[:, 0]), self.stem_w.reshape(self.stem_w.shape[0], 9), self.stem_b, out)
+        return out
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Logits ``[B, classes]`` for images ``[B, 1, H, W]`` (float32, normalized like training)."""
+        from . import binary as bk
+
+        x = np.asarray(x, dtype=np.float32)
+        h = self._stem(x).astype(np.float32)
+        packed = None
+        n = len(self.blocks)
+        for i, blk in enumerate(self.blocks):
+            if self.kind == "xnor":
+                if packed is None:
+                    packed = bk.pack_bits(h)
+                if i < n - 1:
+                    thr, sgn = self._thresholds[i]
+                    packed = bk.binary_conv2d_packed(packed, self._weights[i], blk.cin, thr, sgn, blk.stride, 1)
+                else:
+                    dot = bk.binary_conv2d(packed, self._weights[i], blk.cin, blk.stride, 1)
+                    h = dot * blk.scale + blk.shift
+            else:
+                dot = bk.binary_conv2d(bk.pack_bits(h - blk.beta), self._weights[i], blk.cin, blk.stride, 1)
+                y = dot * blk.scale + blk.shift
+                y = y + _np_shortcut(h, blk.stride, blk.cout)
+                gamma, slope, zeta = blk.rprelu
+                y = y - gamma
+                h = (np.where(y >= 0, y, y * slope) + zeta).astype(np.float32)
+        return h.mean(axis=(1, 2)) @ self.fc_w.T + self.fc_b
+
+
+_STEM = []
+
+
+def _stem_kernel():
+    """Compiled lazily so importing this module needs no numba."""
+    if not _STEM:
+        from numba import njit
+
+        @njit(nogil=True, fastmath=True, cache=True)
+        def stem(x, w, b, out):
+            n, h, wd = x.shape
+            o_n = w.shape[0]
+            for bi in range(n):
+                for y in range(h):
+                    for xx in range(wd):
+                        for o in range(o_n):
+                            out[bi, y, xx, o] = b[o]
+                        for dy in range(3):
+                            iy = y - 1 + dy
+                            if iy < 0 or iy >= h:
+                                continue
+                            for dx in range(3):
+                                ix = xx - 1 + dx
+                                if ix < 0 or ix >= wd:
+                                    continue
+                                v = x[bi, iy, ix]
+                                for o in range(o_n):
+                                    out[bi, y, xx, o] += v * w[o, dy * 3 + dx]
+
+        _STEM.append(stem)
+    return _STEM[0]
+
+
+def _np_shortcut(h: np.ndarray, stride: int, cout: int) -> np.ndarray:
+    if stride > 1:
+        b, hh, ww, c = h.shape
+        h = h[:, : hh // stride * stride, : ww // stride * stride].reshape(b, hh // stride, stride, ww // stride, stride, c).mean(axis=(2, 4))
+    if cout == 2 * h.shape[-1]:
+        h = np.concatenate([h, h], axis=-1)
+    return h
+
+
+def save_packed(packed: PackedBNN, path) -> None:
+    """Write a :class:`PackedBNN` to one ``.npz`` file (packed weights, folded BN, real stem/head)."""
+    arrays = {"kind": np.array(packed.kind), "stem_w": packed.stem_w, "stem_b": packed.stem_b,
+              "fc_w": packed.fc_w, "fc_b": packed.fc_b, "n_blocks": np.array(len(packed.blocks))}
+    for i, b in enumerate(packed.blocks):
+        arrays.update({f"b{i}_w": b.w_packed, f"b{i}_meta": np.array([b.cin, b.cout, b.stride, int(b.shortcut)]),
+                       f"b{i}_scale": b.scale, f"b{i}_shift": b.shift})
+        if b.beta is not None:
+            arrays[f"b{i}_beta"] = b.beta
+        if b.rprelu is not None:
+            arrays[f"b{i}_rprelu"] = np.stack(b.rprelu)
+    np.savez(path, **arrays)
+
+
+def load_packed(path) -> PackedBNN:
+    """Read a file written by :func:`save_packed`."""
+    from ..errors import ModelLoadError
+
+    try:
+        z = np.load(path, allow_pickle=False)
+        blocks = []
+        for i in range(int(z["n_blocks"])):
+            cin, cout, stride, shortcut = (int(v) for v in z[f"b{i}_meta"])
+            rp = z[f"b{i}_rprelu"] if f"b{i}_rprelu" in z else None
+            blocks.append(PackedBlock(w_packed=z[f"b{i}_w"], cin=cin, cout=cout, stride=stride, scale=z[f"b{i}_scale"],
+                                      shift=z[f"b{i}_shift"], beta=z[f"b{i}_beta"] if f"b{i}_beta" in z else None,
+                                      rprelu=tuple(rp) if rp is not None else None, shortcut=bool(shortcut)))
+        return PackedBNN(kind=str(z["kind"]), stem_w=z["stem_w"], stem_b=z["stem_b"], blocks=tuple(blocks),
+                         fc_w=z["fc_w"], fc_b=z["fc_b"])
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelLoadError(f"{path} is not a packed BNN written by save_packed ({e}).") from e
