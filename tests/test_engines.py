@@ -102,6 +102,21 @@ def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
 
 # ---- conversion + parity on a small model ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("engine,precision", [(n, p) for n in list_engines() for p in get_engine(n).default_precisions])
+def test_every_engine_default_precision_contract(engine, precision, small, tmp_path):
+    """Over the registry: each default precision is one the engine accepts, converts the small model, passes parity
+    with its precision's tolerance, loads under both thread policies and reports them."""
+    e = get_engine(engine)
+    assert precision in e.precisions()
+    art = e.convert(small, tmp_path / f"m{e.suffix}", precision=precision, calib_feeds=feeds_of())
+    assert all(p.exists() for p in e.artifact_files(art)) and e.size_bytes(art) > 0
+    rep = check_parity(small, engine, art, feeds_of(), threads=1, precision=precision)
+    assert rep.passed, rep.reason
+    for policy in ("dedicated", "shared"):
+        runner = e.load(art, 1, policy)
+        assert runner.policy == policy and runner.run(feeds_of()[0])[0].shape == (1, WIDTHS[0], 5)
+
+
 @pytest.mark.parametrize("engine", ["mnn", "ncnn"])
 def test_fp32_conversion_matches_ort_at_every_width(engine, small, tmp_path):
     e = get_engine(engine)
