@@ -50,6 +50,17 @@ def default_data() -> Path:
     return ROOT.parent / "shared" / "data"
 
 
+def code_version() -> str:
+    """Hash of the code that trains and defines the models (a cached model of older code is not reused)."""
+    import hashlib
+
+    import edgeslim.train.bnn as bnn
+    import edgeslim.train.loop as loop
+
+    h = hashlib.sha256(Path(bnn.__file__).read_bytes() + Path(loop.__file__).read_bytes() + Path(__file__).read_bytes())
+    return h.hexdigest()[:10]
+
+
 def ort_session(model: torch.nn.Module, batch: int) -> ort.InferenceSession:
     f = io.BytesIO()
     torch.onnx.export(model, (torch.zeros(batch, 1, 28, 28),), f, dynamo=False, opset_version=17,
@@ -65,6 +76,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=default_data())
     ap.add_argument("--epochs", type=int, default=2, help="epochs per step (fp32 trains 2x this)")
+    ap.add_argument("--distill", action="store_true",
+                    help="binary models learn from the fp32 model's softmax (ReActNet's distributional loss)")
     ap.add_argument("--train-size", type=int, default=8000)
     ap.add_argument("--widths", default="16,32,32,64,64")
     ap.add_argument("--rounds", type=int, default=30)
@@ -91,14 +104,15 @@ def main() -> None:
         torch.manual_seed(0)
         m = MnistBNN(kind, widths=widths)
         t = time.perf_counter()
-        tag = f"{kind}-w{'-'.join(map(str, widths))}-e{args.epochs}-n{len(tr)}.pt"
+        tag = (f"{kind}-w{'-'.join(map(str, widths))}-e{args.epochs}-n{len(tr)}-d{int(args.distill)}-"
+               f"{code_version()}.pt")  # keyed by the training code too, not by shape only
         if args.cache is not None and (args.cache / tag).is_file():
             m.load_state_dict(torch.load(args.cache / tag))
             m.eval()
         elif kind == "fp32":
             fit(m, x[tr], y[tr], FitConfig(epochs=2 * args.epochs, lr=2e-3, batch_size=64, seed=0))
         else:
-            two_step(m, x[tr], y[tr], cfg1, cfg2)
+            two_step(m, x[tr], y[tr], cfg1, cfg2, teacher=models["fp32"] if args.distill else None)
         train_s[kind] = time.perf_counter() - t
         if args.cache is not None and not (args.cache / tag).is_file():
             args.cache.mkdir(parents=True, exist_ok=True)
@@ -156,6 +170,7 @@ def main() -> None:
             if batch == 1 and k == "xnor packed (numba)":
                 lat_ratio = statistics.median(r)
 
+    print(f"\ntraining: {args.epochs}+{args.epochs} epochs, distill={args.distill}, train {len(tr)}, test {len(te)}")
     print(f"\nRESULT fp32_acc={acc['fp32']:.4f} xnor_acc={acc['xnor']:.4f} reactnet_acc={acc['reactnet']:.4f} "
           f"packed_vs_fp32_latency={lat_ratio:.2f}")
 

@@ -169,3 +169,23 @@ def test_packed_inference_needs_no_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-1500:]
     assert r.stdout.strip() == "(1, 10)"
+
+
+def test_distributional_loss_pulls_the_student_to_the_teacher():
+    """ReActNet's distributional loss: the student fits the frozen teacher's softmax, labels unused."""
+    import torch
+
+    from edgeslim.train.loop import FitConfig, distill_step, fit
+
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    teacher = torch.nn.Linear(8, 3)
+    y = torch.zeros(256, dtype=torch.long)  # labels that disagree with the teacher: ignored by the loss
+    student = torch.nn.Linear(8, 3)
+    before = torch.softmax(student(x), 1).detach()
+    fit(student, x, y, FitConfig(epochs=60, lr=5e-2, batch_size=64), step_fn=distill_step(teacher))
+    target = torch.softmax(teacher(x), 1)
+    after = torch.softmax(student(x), 1).detach()
+    assert (after - target).abs().mean() < 0.25 * (before - target).abs().mean()
+    assert (after.argmax(1) == target.argmax(1)).float().mean() > 0.95
+    assert all(not p.requires_grad for p in teacher.parameters())

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InvalidParameterError
 
-__all__ = ["FitConfig", "fit", "evaluate", "two_step"]
+__all__ = ["FitConfig", "fit", "evaluate", "two_step", "distill_step"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +96,28 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(1, len(x))
 
 
+def distill_step(teacher: nn.Module, ce_weight: float = 0.0):
+    """A `fit` step with ReActNet's distributional loss: cross-entropy between the real-valued teacher's softmax and
+    the student's (Liu et al., ECCV 2020, Sec. 4.2), plus `ce_weight` x the label loss. The teacher is frozen."""
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def step(model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> float:
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            target = torch.softmax(teacher(xb), dim=1)
+        logits = model(xb)
+        loss = -(target * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        if ce_weight:
+            loss = loss + ce_weight * nn.functional.cross_entropy(logits, yb)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
 def two_step(
     model: nn.Module,
     x: torch.Tensor,
@@ -103,14 +125,16 @@ def two_step(
     step1: FitConfig,
     step2: FitConfig,
     *,
+    teacher: nn.Module | None = None,
     progress: Callable[[int, float], None] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Two-step BNN training: binary activations + real weights, then everything binary
-    (weights start from step 1's real values)."""
+    (weights start from step 1's real values). With `teacher`, both steps use the distributional loss."""
     from .bnn import set_binarization
 
+    step_fn = distill_step(teacher) if teacher is not None else None
     set_binarization(model, activations=True, weights=False)
-    l1 = fit(model, x, y, step1, progress=progress)
+    l1 = fit(model, x, y, step1, step_fn=step_fn, progress=progress)
     set_binarization(model, activations=True, weights=True)
-    l2 = fit(model, x, y, step2, progress=progress)
+    l2 = fit(model, x, y, step2, step_fn=step_fn, progress=progress)
     return l1, l2
