@@ -159,8 +159,10 @@ def optimize(
         if c.status != "ok":
             con.print(f"  {c.id} {c.status}: {c.reason}", soft_wrap=True)
     if result.bench.get("noisy"):
-        con.print(f"[yellow]warning: the machine was busy while timing ({'; '.join(result.bench.get('noise_reasons', []))}); "
-                  "speedups are less certain than usual.[/yellow]", soft_wrap=True)
+        why = result.bench.get("noise_reasons", [])
+        shown = "; ".join(why[:2]) + (f"; {len(why) - 2} more in report.md" if len(why) > 2 else "")
+        con.print(f"[yellow]warning: timings were noisy ({shown}); speedups are less certain than usual.[/yellow]",
+                  soft_wrap=True)
     if result.selection.get("why"):
         con.print(f"selection: {result.selection['why']}", soft_wrap=True)
     cached = result.provenance.get("cache", {})
