@@ -94,10 +94,6 @@ def _table(title: str, headers: list[str], rows: list[list[str]]):
     return t
 
 
-def _outdir_inputs(*paths) -> tuple:
-    return tuple(p for p in paths if p)
-
-
 @app.command()
 def optimize(
     model: Optional[str] = typer.Argument(None, help="ONNX model path or zoo name (default: the PP-OCRv4 recognizer)."),
@@ -141,7 +137,7 @@ def optimize(
     opts = resolve_options(given, file_opts, where="option")
     cfg = study_config(opts)
     cfg.validate()  # every value checked before any work
-    with OutputDir(opts["outdir"], force=bool(opts["force"]), inputs=_outdir_inputs(cfg.model, cfg.data), option="-o") as od:
+    with OutputDir(opts["outdir"], force=bool(opts["force"]), inputs=(cfg.model, cfg.data), option="-o") as od:
         _record_run(od.target, opts)
         with _Progress(enabled=not as_json and sys.stderr.isatty()) as prog:
             result = run_study(cfg, od.tmp, progress=prog, command=["edgeslim", *sys.argv[1:]])
@@ -276,12 +272,10 @@ def bench(
     shp = _parse_shape(shape)
     p = Path(model)
     if p.is_dir():
-        from .deploy import MODEL_FILES, load as load_deployed
+        from .deploy import load as load_deployed
 
         d = load_deployed(p)
-        dep, engine = d.spec, d.engine
-        main_role = {"ort": "onnx", "mnn": "mnn", "ncnn": "bin"}[engine]
-        artifact = d.root / dep["model_files"].get(main_role, MODEL_FILES[engine][main_role])
+        dep, engine, artifact = d.spec, d.engine, d.model_path
         threads = threads if threads is not None else int(dep.get("runtime", {}).get("threads", 2))
         cpu = cpu or dep.get("runtime", {}).get("thread_policy", {}).get("policy", "dedicated")
         specs = [TensorSpec(i["name"], i.get("dtype") or "float32",

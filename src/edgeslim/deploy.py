@@ -304,6 +304,12 @@ class Deployed:
         return self.spec["engine"]
 
     @property
+    def model_path(self) -> Path:
+        """The engine's main model file (ncnn: the .bin, its .param beside it)."""
+        engine = self.spec["engine"]
+        return self.root / self.spec["model_files"].get(_MAIN[engine], MODEL_FILES[engine][_MAIN[engine]])
+
+    @property
     def precision(self) -> str:
         return self.spec["precision"]
 

@@ -291,15 +291,14 @@ def recipe_context(original: onnx.ModelProto, task, calib: list, budget: float, 
     prog = progress or (lambda *a: None)
     memo: dict[str, Any] = {}
 
-    def run_eval(model: bytes | Path, stage: str):
-        runner = engine.load(model, threads)
+    def predict(runner, stage: str) -> tuple[list, int]:
         prog(stage, 0, len(calib))
         return evaluate(runner, task, calib, progress=lambda n: prog(stage, n, len(calib)))
 
     def reference() -> tuple[list, float]:
         if "preds" not in memo:
-            preds, _ = run_eval(reference_model if reference_model is not None else original.SerializeToString(),
-                                "evaluate original (calib)")
+            src = reference_model if reference_model is not None else original.SerializeToString()
+            preds, _ = predict(engine.load(src, threads), "evaluate original (calib)")
             memo["metric"] = task.score(preds, calib)["metric"]
             memo["preds"] = preds
         return memo["preds"], memo["metric"]
@@ -307,16 +306,12 @@ def recipe_context(original: onnx.ModelProto, task, calib: list, budget: float, 
     def score_runner(runner, stage: str = "score on calibration lines") -> tuple[float, dict]:
         """(metric drop vs the original, fidelity) of any engine's runner on the calibration samples."""
         ref_preds, ref_metric = reference()
-        prog(stage, 0, len(calib))
-        preds, nonfinite = evaluate(runner, task, calib, progress=lambda n: prog(stage, n, len(calib)))
+        preds, nonfinite = predict(runner, stage)
         m = task.score(preds, calib, reference=ref_preds)["metric"]
         return (np.inf if nonfinite else task.drop(m, ref_metric)), task.fidelity(preds, ref_preds)
 
     def calib_drop(model: onnx.ModelProto) -> tuple[float, dict]:
-        ref_preds, ref_metric = reference()
-        preds, nonfinite = run_eval(model.SerializeToString(), "score on calibration lines")
-        m = task.score(preds, calib, reference=ref_preds)["metric"]
-        return (np.inf if nonfinite else task.drop(m, ref_metric)), task.fidelity(preds, ref_preds)
+        return score_runner(engine.load(model.SerializeToString(), threads))
 
     def calib_feeds():
         for b in task.batches(calib, 1):
@@ -502,7 +497,9 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
     # Engine x precision: the mobile engines convert the original model themselves (with their own rewrites).
     for eng_name, precision in plan:
 
-        def build_engine(eng_name=eng_name, precision=precision):
+        c = Candidate(id=f"{eng_name}/{precision}", recipe=precision, engine=eng_name)
+
+        def build_engine(eng_name=eng_name, precision=precision, c=c):
             eng = get_engine(eng_name)
             path = cand_dir / f"{eng_name}-{precision}{eng.suffix}"
             # calibrating precisions get every calibration feed; the others one, so converters take their example
@@ -515,12 +512,11 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
                       "budget": budget}
             out = eng.convert(original, path, precision=precision, calib_feeds=calib_list, **kw)
             meta = read_meta(out, eng_name)
-            c = next(x for x in cands if x.id == f"{eng_name}/{precision}")
             c.info.update({k: meta[k] for k in ("note", "int8_weights", "int8_layers", "calibration", "search",
                                                 "bf16_layers") if k in meta})
             return eng, out
 
-        build_and_score(Candidate(id=f"{eng_name}/{precision}", recipe=precision, engine=eng_name), build_engine)
+        build_and_score(c, build_engine)
 
     # Benchmark. Screen: every candidate that built, own processes, rotating order. Confirm: the baseline, the exact
     # fp32 rewrite and the fastest few, head to head with more rounds. Then the confirm set under the other thread

@@ -177,16 +177,22 @@ def calibrate_blobs(param: str, binf: str, feeds_file: str, layers: list[str], b
     cal = get_calibrator(calibrator)
     z = np.load(feeds_file)
     keys = sorted(z.files, key=lambda k: int(k.split("_")[0]))
-    for k in keys:
-        x = np.ascontiguousarray(z[k], np.float32)
-        ex = net.create_extractor()
-        m = ncnn.Mat(x)
-        ex.input("in0", m)
-        for blob in dict.fromkeys(bottoms):
-            ret, o = ex.extract(blob)
-            if ret == 0:
-                cal.update(blob, np.array(o, copy=True))
-        del ex
+
+    def blobs(sample_keys):
+        """(blob name, its values) for every wanted blob of every sample, one extractor per sample."""
+        for k in sample_keys:
+            ex = net.create_extractor()
+            x = np.ascontiguousarray(z[k], np.float32)  # the Mat wraps this buffer: keep it alive while extracting
+            m = ncnn.Mat(x)
+            ex.input("in0", m)
+            for blob in dict.fromkeys(bottoms):
+                ret, o = ex.extract(blob)
+                if ret == 0:
+                    yield blob, np.array(o, dtype=np.float32, copy=True)
+            del ex, m, x
+
+    for blob, a in blobs(keys):
+        cal.update(blob, a)
     res = {}
     for layer, blob in zip(layers, bottoms):
         lo, hi = cal.range(blob)
@@ -197,19 +203,11 @@ def calibrate_blobs(param: str, binf: str, feeds_file: str, layers: list[str], b
     sig: dict[str, float] = {}
     err: dict[str, float] = {}
     scale_of = {blob: res[layer] for layer, blob in zip(layers, bottoms)}
-    for k in keys[: max(8, len(keys) // 4)]:
-        x = np.ascontiguousarray(z[k], np.float32)
-        ex = net.create_extractor()
-        m = ncnn.Mat(x)
-        ex.input("in0", m)
-        for blob in dict.fromkeys(bottoms):
-            ret, o = ex.extract(blob)
-            if ret == 0:
-                a = np.array(o, dtype=np.float64, copy=True)
-                q = np.clip(np.rint(a * scale_of[blob]), -127, 127) / scale_of[blob]
-                sig[blob] = sig.get(blob, 0.0) + float((a * a).sum())
-                err[blob] = err.get(blob, 0.0) + float(((a - q) ** 2).sum())
-        del ex
+    for blob, a in blobs(keys[: max(8, len(keys) // 4)]):
+        a = a.astype(np.float64)
+        q = np.clip(np.rint(a * scale_of[blob]), -127, 127) / scale_of[blob]
+        sig[blob] = sig.get(blob, 0.0) + float((a * a).sum())
+        err[blob] = err.get(blob, 0.0) + float(((a - q) ** 2).sum())
     sqnr = {layer: round(10 * np.log10(max(sig.get(b, 0.0), 1e-30) / max(err.get(b, 0.0), 1e-30)), 2)
             for layer, b in zip(layers, bottoms)}
     return {"scale": res, "sqnr": sqnr}
