@@ -401,6 +401,17 @@ def _mount_optional() -> None:
         except Exception:
             continue
         app.add_typer(sub, name=name)
+    from .apps import APPS
+
+    for name in APPS:
+        try:
+            mod = __import__(APPS.get(name), fromlist=["app", "command"])
+        except ImportError:  # the app's optional dependencies are not installed
+            continue
+        if getattr(mod, "app", None) is not None:
+            app.add_typer(mod.app, name=name)
+        else:
+            app.command(name)(mod.command)
 
 
 class Terminated(BaseException):
