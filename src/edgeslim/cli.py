@@ -394,19 +394,15 @@ def _mount_commands() -> None:
 
 
 def _mount_optional() -> None:
-    # Sub-apps of optional parts: mounted when their module imports (their extras may be missing).
-    for mod, name in (("edgeslim.slide.cli", "slide"), ("edgeslim.train.cli", "train")):
-        try:
-            sub = __import__(mod, fromlist=["app"]).app
-        except Exception:
-            continue
-        app.add_typer(sub, name=name)
+    # Commands of optional parts and apps: mounted when their module imports (their extras may be missing). A module
+    # exposes `app` (a typer.Typer, mounted as a command group) or `command` (one function).
     from .apps import APPS
 
-    for name in APPS:
+    parts = [("edgeslim.slide.cli", "slide"), ("edgeslim.train.cli", "train"), ("edgeslim.train.theseus_cli", "theseus")]
+    for name, mod_name in [(n, mod) for mod, n in parts] + [(n, APPS.get(n)) for n in APPS]:
         try:
-            mod = __import__(APPS.get(name), fromlist=["app", "command"])
-        except ImportError:  # the app's optional dependencies are not installed
+            mod = __import__(mod_name, fromlist=["app", "command"])
+        except ImportError:
             continue
         if getattr(mod, "app", None) is not None:
             app.add_typer(mod.app, name=name)
