@@ -206,3 +206,34 @@ def test_blockwise_weights_match_dequantizelinear_21():
     np.testing.assert_allclose(run_ort(m, {})[0], want, rtol=1e-6, atol=1e-7)
     with pytest.raises(InvalidParameterError, match="power of two"):
         get_recipe("w4:block=24")
+
+
+def test_bias_correction_matches_fp32_channel_means():
+    """After correction each quantized conv's per-channel output mean on the calibration samples is closer to fp32's,
+    only int32 bias values change (same graph, same int8 fusions), and a model without quantized biases is untouched."""
+    from edgeslim.quant.bias_correction import _channel_means, conv_bias_sites, correct_bias
+    from edgeslim.recipes.int8 import quantize_qdq
+
+    m = tiny_conv_model(opset=13)  # per-channel DequantizeLinear (int32 bias) needs opset >= 13
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.normal(0.3, 1.0, (2, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    # coarse activation ranges (a wide range = big steps) so rounding visibly shifts the channel means
+    ranges = {k: (-8.0, 8.0) for k in ("x", "c1", "p2", "c2", "f", "y")}
+    q = quantize_qdq(m, ranges, per_channel=False)
+    sites = conv_bias_sites(q)
+    assert set(sites) == {"c1", "c2"}
+    before = _channel_means(q, ["c2"], feeds, 1)["c2"]
+    ref = _channel_means(m, ["c2"], feeds, 1)["c2"]
+    qc, info = correct_bias(q, m, lambda: iter(feeds), threads=1)
+    after = _channel_means(qc, ["c2"], feeds, 1)["c2"]
+    assert info["corrected"] == 2
+    assert np.abs(after - ref).mean() < 0.5 * np.abs(before - ref).mean()
+    assert info["mean_abs_channel_shift"]["after"] < info["mean_abs_channel_shift"]["before"]
+    assert [n.op_type for n in qc.graph.node] == [n.op_type for n in q.graph.node]
+    changed = {t.name for t, u in zip(q.graph.initializer, qc.graph.initializer) if t.SerializeToString() != u.SerializeToString()}
+    assert changed and changed <= {v[0] for v in sites.values()}
+    assert correct_bias(m, m, lambda: iter(feeds))[1]["corrected"] == 0
+    # the recipe option runs it
+    ctx = RecipeContext(model=m, original=m, calib_feeds=lambda: iter(feeds), threads=1)
+    out = get_recipe("int8:calibrator=minmax,bias_correction=true").apply(ctx)
+    assert out.info["bias_correction"]["corrected"] == 2

@@ -319,7 +319,7 @@ def recipe_context(original: onnx.ModelProto, task, calib: list, budget: float, 
 
     prepared, rewrites = prepare(original)
     return RecipeContext(model=prepared, original=original, calib_feeds=calib_feeds, calib_drop=calib_drop,
-                         budget=budget, progress=prog, cache={"rewrites": rewrites, "calib_count": len(calib),
+                         budget=budget, threads=threads, progress=prog, cache={"rewrites": rewrites, "calib_count": len(calib),
                                                               "score_runner": score_runner})
 
 

@@ -18,6 +18,7 @@ class RecipeContext:
     calib_feeds: Callable[[], Iterable[dict[str, np.ndarray]]]
     calib_drop: Callable[[onnx.ModelProto], tuple[float, dict]] | None = None
     budget: float = 0.005
+    threads: int = 2  # for the onnxruntime sessions a recipe runs while building (calibration, bias correction)
     progress: Callable[[str, int, int], None] | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # shared between recipes of one study (e.g. ranges)
 
