@@ -395,3 +395,74 @@ def test_conversions_never_ran_mnns_pip_installing_logger():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     absent, version = p.stdout.split()
     assert absent == "True" and int(version.split(".")[0]) >= 6
+
+
+def _wide_model() -> onnx.ModelProto:
+    """x[1,16,8,W] -> Conv3x3(16->64) -> Relu -> Conv3x3(64->64) -> ReduceMean(H) -> MatMul(64x5) -> Softmax: two
+    weight blobs large enough (9216, 36864 values) for codebook storage, one too small (320)."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.standard_t(4, (64, 16, 3, 3)).astype(np.float32) * 0.1, "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 64).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_t(4, (64, 64, 3, 3)).astype(np.float32) * 0.05, "w2"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (64, 5)).astype(np.float32), "fc")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("ReduceMean", ["c2"], ["m"], axes=[2], keepdims=0),
+             helper.make_node("Transpose", ["m"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["t", "fc"], ["logits"]),
+             helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+    g = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, "w"])],
+                          [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, "w", 5])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m
+
+
+def test_kmeans_codebook_keeps_the_tails_and_beats_uniform_int8():
+    from edgeslim.engines.ncnn_format import kmeans_codebook
+
+    w = np.random.default_rng(0).standard_t(3, 40000).astype(np.float32)  # heavy tails, like real conv weights
+    table, idx = kmeans_codebook(w)
+    assert table.shape == (256,) and idx.dtype == np.uint8 and idx.shape == w.shape
+    err = table[idx] - w
+    s = np.abs(w).max() / 127
+    uniform = np.clip(np.rint(w / s), -127, 127) * s - w
+    assert np.sqrt(np.mean(err**2)) < 0.5 * np.sqrt(np.mean(uniform**2))
+    assert np.abs(err).max() < 0.05 * np.abs(w).max()  # the largest weights keep levels of their own
+
+
+def test_ncnn_bf16_w8_stores_codebooks_and_keeps_the_worst_layers_when_the_score_says_so(tmp_path):
+    from edgeslim.engines.ncnn_format import CODEBOOK_TAG, _Bin, _blobs, _parse_param, codebook_errors
+
+    m, e = _wide_model(), get_engine("ncnn")
+    feeds = [{"x": np.random.default_rng(1).uniform(-1, 1, (1, 16, 8, w)).astype(np.float32)} for w in (16, 24)]
+    assert e.searches("bf16-w8") and "bf16-w8" in e.precisions()
+    full = e.convert(m, tmp_path / "b.ncnn.bin", precision="bf16", calib_feeds=feeds[:1])
+    art = e.convert(m, tmp_path / "w.ncnn.bin", precision="bf16-w8", calib_feeds=feeds[:1],
+                    score=lambda p: (0.0, {"exact_match": 1.0, "metric_vs_fp32": 0.0}), budget=0.01)
+    meta = read_meta(art, "ncnn")
+    assert meta["codebook"]["coded_blobs"] == 2 and meta["codebook"]["fp16_layers"] == []
+    assert e.size_bytes(art) < 0.6 * e.size_bytes(full)  # uint8 indices vs fp16 weights
+    # the file reads back as the codebook values, and ncnn runs it close to onnxruntime fp32
+    _, layers = _parse_param(art.with_suffix(".param").read_text())
+    data = art.read_bytes()
+    b = _Bin(data)
+    tags = []
+    for L in layers:
+        start = b.pos
+        if _blobs(L, b) and L.type == "Convolution":
+            tags.append(int(np.frombuffer(data, np.uint32, 1, start)[0]))
+    assert tags == [CODEBOOK_TAG, CODEBOOK_TAG] and b.pos == len(data)
+    rep = check_parity(m, "ncnn", art, feeds, threads=1)
+    assert rep.passed and rep.cosine_min > 0.999 and rep.max_abs_err > 0
+    # a score that fails while more than one layer is coded: the search keeps the worst-coded layer in fp16
+    def strict(path):
+        coded = Path(path).read_bytes().count(np.uint32(CODEBOOK_TAG).tobytes())
+        return (0.0 if coded <= 1 else 0.02), {"exact_match": 1.0, "metric_vs_fp32": 0.0}
+
+    art2 = e.convert(m, tmp_path / "s.ncnn.bin", precision="bf16-w8", calib_feeds=feeds[:1], score=strict, budget=0.01)
+    meta2 = read_meta(art2, "ncnn")
+    errors = codebook_errors(full.with_suffix(".param").read_text(), full.read_bytes())
+    assert meta2["codebook"]["fp16_layers"] == [max(errors, key=errors.get)] and meta2["codebook"]["coded_blobs"] == 1
+    assert [t["kept_layers"] for t in meta2["search"]][:2] == [0, 1]

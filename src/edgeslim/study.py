@@ -513,7 +513,7 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
             out = eng.convert(original, path, precision=precision, calib_feeds=calib_list, **kw)
             meta = read_meta(out, eng_name)
             c.info.update({k: meta[k] for k in ("note", "int8_weights", "int8_layers", "calibration", "search",
-                                                "bf16_layers") if k in meta})
+                                                "bf16_layers", "codebook") if k in meta})
             return eng, out
 
         build_and_score(c, build_engine)
