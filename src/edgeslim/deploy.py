@@ -605,6 +605,10 @@ for name, y in zip(OUTPUTS, outs):
     print(f"{name}\\t{list(y.shape)}\\t{y.ravel()[:8]}")
 '''),
 }
+# tasks that keep their engine-only program beside their own code (their decode is too long to live here)
+from .tasks.detect import DEPLOY_SNIPPET as _DETECT_SNIPPET  # noqa: E402
+
+_TASKS["detect"] = _DETECT_SNIPPET
 
 
 def snippet(outdir_or_deploy: str | Path | dict) -> str:

