@@ -1,4 +1,6 @@
-"""Bit-packed binary kernels: packing round trip and exact equality with the float +-1 reference."""
+"""Bit-packed binary kernels: packing round trip, exact equality of every engine with the float +-1
+reference (odd channel counts, padding, stride 2, fused BN+sign thresholds at exact ties), and the
+automatic engine choice following the CPU flags."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ IMPLS = [ref, nbk]
 def path(request, monkeypatch):
     """Run the numba kernels both on the calling thread and through the parallel pool."""
     monkeypatch.setattr(nbk, "SERIAL_BELOW", 10**12 if request.param == "serial" else 0)
+    monkeypatch.setattr(nbk, "AVX512_SERIAL_BELOW", 10**12 if request.param == "serial" else 0)
     return request.param
 
 
@@ -47,11 +50,25 @@ def test_pack_numba_matches_reference_any_axis(path):
     assert ref.pack_bits(np.array([1.0, -1.0, -0.5, 0.0]))[0] == 6
 
 
-ENGINES = ["lut", "popcount"]
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_pack_special_values_match_reference(dtype, path):
+    """-0.0 and NaN binarize to +1, tiny negatives to -1, in full 64-wide words, 8-wide chunks and tails."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((9, 150)).astype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        x[0, :70] = -0.0
+        x[1, ::3] = np.nan
+        x[2, :] = -np.finfo(dtype).tiny
+    got = nbk.pack_bits(x)
+    np.testing.assert_array_equal(got, ref.pack_bits(x))
+    assert got.dtype == np.uint64 and got.shape == (9, 3)
+
+
+ENGINES = ["avx512", "lut", "popcount"]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 5, 63), (13, 9, 64), (33, 17, 65), (20, 70, 200)])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 5, 63), (13, 9, 64), (33, 17, 65), (20, 70, 200), (97, 64, 576)])
 def test_gemm_exact(m, n, k, path, engine):
     rng = np.random.default_rng(m * 1000 + k)
     a = _pm1(rng, (m, k))
@@ -100,6 +117,8 @@ CONV_CASES = [
     (2, 7, 7, 130, 70, 3, 1, 0),
     (1, 4, 6, 17, 3, 1, 1, 0),
     (1, 5, 5, 40, 9, 5, 2, 2),
+    (3, 2, 3, 7, 9, 3, 2, 1),  # image barely larger than the kernel: every pixel on the border
+    (1, 13, 14, 100, 40, 3, 2, 1),  # rows longer than one register tile, stride 2
 ]
 
 
@@ -119,7 +138,7 @@ def test_conv_exact(case, path, engine):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-@pytest.mark.parametrize("case", CONV_CASES[:4], ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("case", CONV_CASES[:4] + CONV_CASES[-2:], ids=lambda c: "x".join(map(str, c)))
 def test_conv_fused_threshold_exact(case, path, engine):
     b, h, wd, c, o, k, s, p = case
     rng = np.random.default_rng(7 + sum(case))
@@ -152,3 +171,74 @@ def test_bad_inputs_raise_named_errors():
         with pytest.raises(ShapeError):
             impl.binary_gemm(np.zeros((2, 1), np.uint64), np.zeros((1, 2), np.uint64), 65)
 
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fused_threshold_exact_at_ties_and_extremes(engine):
+    """Thresholds sitting exactly on reachable dot values (strict ``<``), a hair either side, both
+    signs of the BN scale, and infinite ones: the packed bits equal the reference's float test."""
+    rng = np.random.default_rng(11)
+    c, o = 70, 24
+    x = _pm1(rng, (2, 9, 10, c))
+    w = _pm1(rng, (o, c, 3, 3))
+    xp, wp = nbk.pack_bits(x), nbk.pack_conv_weight(w)
+    dot = ref.binary_conv2d(xp, wp, c, 1, 1)
+    thr = dot[0, 4, 5, :].astype(np.float64)  # values an interior pixel reaches exactly
+    thr[1::4] = dot[0, 0, 0, 1::4]  # ... and a corner pixel
+    thr[2::4] += np.array([1e-9, -1e-9, 0.5])[np.arange(len(thr[2::4])) % 3]
+    thr[3] = np.inf
+    thr[7] = -np.inf
+    sgn = np.where(rng.random(o) < 0.5, -1, 1).astype(np.int8)
+    want = ref.binary_conv2d_packed(xp, wp, c, thr, sgn, 1, 1)
+    got = nbk.binary_conv2d_packed(xp, nbk.prepare_weights(wp), c, thr, sgn, 1, 1, engine=engine)
+    np.testing.assert_array_equal(got, want)
+    bits = ref.unpack_bits(got, o)
+    assert 0.05 < (bits < 0).mean() < 0.95  # the test mixes set and clear bits
+
+
+def _flags(monkeypatch, *names):
+    monkeypatch.setattr(nbk, "cpu_features", lambda: frozenset(names))
+
+
+def test_auto_engine_follows_cpu_flags(monkeypatch):
+    _flags(monkeypatch, "avx2", "popcnt")  # an AVX2-only CPU
+    assert nbk.isa() == "avx2" and not nbk.has_avx512_popcount()
+    assert nbk.auto_engine(9, 64, 64) == "lut"  # 147 KiB table, 64 filters
+    assert nbk.auto_engine(9, 64, 16) == "popcount"  # too few filters for a table row
+    _flags(monkeypatch, "avx2", "avx512f", "avx512bw")  # AVX-512 without VPOPCNTDQ (Skylake-X)
+    assert nbk.auto_engine(9, 64, 64) == "lut" and nbk.isa() == "avx2"
+    _flags(monkeypatch, "avx2", "avx512f", "avx512vpopcntdq")
+    assert nbk.isa() == "avx512_vpopcntdq"
+    assert {nbk.auto_engine(9, 64, 64), nbk.auto_engine(9, 64, 16), nbk.auto_engine(1, 66000, 3)} == {"avx512"}
+
+
+@pytest.mark.parametrize("flags", [("avx2",), ("avx2", "avx512f", "avx512vpopcntdq")], ids=["avx2", "avx512"])
+def test_auto_runs_the_engine_of_the_flags_exactly(monkeypatch, flags):
+    _flags(monkeypatch, *flags)
+    ran = []
+    for name in ("conv_serial", "conv"):
+        kern = getattr(nbk._avx, name)
+        monkeypatch.setattr(nbk._avx, name, lambda *a, _k=kern: ran.append(1) or _k(*a))
+    rng = np.random.default_rng(5)
+    x, w = _pm1(rng, (1, 8, 9, 70)), _pm1(rng, (40, 70, 3, 3))
+    xp, wp = nbk.pack_bits(x), nbk.pack_conv_weight(w)
+    np.testing.assert_array_equal(nbk.binary_conv2d(xp, wp, 70), _torch_like_conv(x, w, 1, 1))
+    assert bool(ran) == ("avx512vpopcntdq" in flags)
+
+
+def test_cpu_features_reads_this_host():
+    feats = nbk.cpu_features()
+    assert isinstance(feats, frozenset) and feats
+    cpuinfo = open("/proc/cpuinfo").read() if __import__("os").path.exists("/proc/cpuinfo") else ""
+    if cpuinfo:
+        assert ("avx512_vpopcntdq" in cpuinfo) == ("avx512vpopcntdq" in feats)
+
+
+def test_prepared_weights_pad_filters_and_build_lut_lazily():
+    rng = np.random.default_rng(2)
+    wp = nbk.pack_conv_weight(_pm1(rng, (13, 65, 3, 3)))
+    pw = nbk.prepare_weights(wp)
+    assert pw.w8.shape == (3 * 3 * 2, 16) and not pw.w8[:, 13:].any()
+    np.testing.assert_array_equal(pw.w8[:, :13], wp.reshape(18, 13))
+    assert not pw._lut  # the lut engine's table costs fp32-weight memory: only built when used
+    assert pw.lut.shape == (1, 18, 16, 16, 64) and pw.lut is pw.lut

@@ -1,15 +1,20 @@
 """Bit-packed binary (+-1) GEMM and convolution kernels in numba.
 
 Same signatures and results as the NumPy reference :mod:`edgeslim.kernels.binary_ref`
-(see it for the packing convention): ``dot = K - 2 * popcount(x XOR w)``. Two engines:
+(see it for the packing convention): ``dot = K - 2 * popcount(x XOR w)``. Three engines:
 
+- ``avx512`` (``engine="auto"`` picks it when the CPU has ``avx512f`` and ``avx512_vpopcntdq``,
+  read at run time from the host features LLVM compiles for, :func:`cpu_features`): a register
+  tile of 6 output pixels x 32 filters accumulated with ``vpopcntq`` on 512-bit words, written as
+  LLVM IR in :mod:`._binary_avx512` (see there). Weights are padded to a multiple of 8 filters
+  once (:func:`prepare_weights`). It runs exactly on any x86 CPU, but fast only with the flags.
 - ``popcount``: for one input word ``x`` and a contiguous row of filter words,
   ``acc[o] += popcount(x ^ w[o])``; weights are laid out with output channels innermost
   (``[KH, KW, Cw, O]``, ``[Kw, N]``) so LLVM vectorizes over filters (AVX2 ``vpshufb``
   popcount, ``vpopcntq`` where the CPU has AVX-512 VPOPCNTDQ). About 9 vector ops per 4 word
   pairs on AVX2.
-- ``lut`` (``engine="auto"`` picks it for more than 32 filters and tables up to 1 MiB, where it
-  measured faster): ``popcount(x ^ w)`` summed nibble by nibble from a table
+- ``lut`` (on CPUs without VPOPCNTDQ ``engine="auto"`` picks it for more than 32 filters and
+  tables up to 1 MiB, where it measured faster): ``popcount(x ^ w)`` summed nibble by nibble from a table
   ``T[nibble position, nibble value, filter] = popcount(value ^ w_nibble)`` built once per weight
   (:func:`prepare_weights`). For each of the 16 nibbles of an input word one row of 64 uint8
   counts is added with two ``vpaddb`` from memory, i.e. 0.5 vector ops per word pair; the
@@ -20,7 +25,8 @@ Same signatures and results as the NumPy reference :mod:`edgeslim.kernels.binary
   weights. Counts are kept in uint16, so it applies while ``KH * KW * C <= 65535``.
 
 Work is split over blocks of output rows with ``prange``; small problems run on the calling
-thread.
+thread (for ``avx512`` below :data:`AVX512_SERIAL_BELOW` word pairs, about 0.5 ms of work: on
+a shared machine waking the pool costs more than it saves).
 
 References
 ----------
@@ -31,8 +37,9 @@ References
 
 from __future__ import annotations
 
+import functools
 import types as _pytypes
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -40,6 +47,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from . import _binary_avx512 as _avx
 from . import binary_ref as _ref
 from .binary_ref import WORD_BITS, bn_to_threshold, n_words, pack_conv_weight
 from ..errors import InvalidParameterError, ShapeError
@@ -58,6 +66,10 @@ __all__ = [
     "PreparedWeights",
     "prepare_weights",
     "ENGINES",
+    "cpu_features",
+    "has_avx512_popcount",
+    "auto_engine",
+    "isa",
 ]
 
 _JIT = dict(nogil=True, fastmath=True, cache=True)
@@ -98,17 +110,52 @@ def _serial(kernel):
 
 
 # ----------------------------------------------------------------------------- packing
+def _make_signs(lanes: int, double: bool):
+    @intrinsic
+    def signs(typingctx, addr):
+        """Bit i set iff element i of the ``lanes`` floats at ``addr`` is < 0 (one vector compare;
+        numba's loop over a branch per element ran at 1 ns per element, mispredicting on signs)."""
+        sig = types.uint64(types.intp)
+
+        def codegen(context, builder, signature, args):
+            vt = ir.VectorType(ir.DoubleType() if double else ir.FloatType(), lanes)
+            v = builder.load(builder.inttoptr(args[0], vt.as_pointer()), align=8 if double else 4)
+            neg = builder.fcmp_ordered("<", v, ir.Constant(vt, [0.0] * lanes))  # NaN, -0.0: not < 0
+            return builder.zext(builder.bitcast(neg, ir.IntType(lanes)), ir.IntType(64))
+
+        return sig, codegen
+
+    return signs
+
+
+_signs64_f32, _signs8_f32 = _make_signs(64, False), _make_signs(8, False)
+_signs64_f64, _signs8_f64 = _make_signs(64, True), _make_signs(8, True)
+
+
 @njit(parallel=True, **_JIT)
 def _pack_rows(x, out, c):
     rows = x.shape[0]
     cw = out.shape[1]
+    size = x.itemsize
+    base = x.ctypes.data
     for r in prange(rows):
         for j in range(cw):
-            word = np.uint64(0)
-            hi = min(c, (j + 1) * 64)
-            for i in range(j * 64, hi):
-                if x[r, i] < 0:
-                    word |= np.uint64(1) << np.uint64(i - j * 64)
+            lo = j * 64
+            hi = min(c, lo + 64)
+            addr = base + (r * c + lo) * size
+            if hi - lo == 64:
+                word = _signs64_f32(addr) if size == 4 else _signs64_f64(addr)
+            else:
+                word = np.uint64(0)
+                i = lo
+                while i + 8 <= hi:
+                    part = _signs8_f32(addr + (i - lo) * size) if size == 4 else _signs8_f64(addr + (i - lo) * size)
+                    word |= part << np.uint64(i - lo)
+                    i += 8
+                while i < hi:
+                    if x[r, i] < 0:
+                        word |= np.uint64(1) << np.uint64(i - lo)
+                    i += 1
             out[r, j] = word
 
 
@@ -268,14 +315,23 @@ _POPCOUNT4 = np.array([bin(i).count("1") for i in range(16)], dtype=np.uint8)
 
 @dataclass(frozen=True, eq=False)
 class PreparedWeights:
-    """Packed conv weights ``[KH, KW, Cw, O]`` plus their nibble table for the ``lut`` engine.
+    """Packed conv weights ``[KH, KW, Cw, O]`` in the run-time forms of the engines.
 
-    ``lut`` is ``uint8 [ceil(O/64), KH*KW*Cw, 16 positions, 16 values, 64 filters]``; build it once
-    with :func:`prepare_weights` and pass this object wherever packed weights are accepted.
+    ``w8``: ``[KH*KW*Cw, O8]`` with the filters padded to a multiple of 8 (``avx512`` engine).
+    ``lut``: ``uint8 [ceil(O/64), KH*KW*Cw, 16 positions, 16 values, 64 filters]`` (``lut`` engine),
+    built on first use because it costs as much memory as fp32 weights. Build once with
+    :func:`prepare_weights` and pass this object wherever packed weights are accepted.
     """
 
     w_packed: np.ndarray
-    lut: np.ndarray
+    w8: np.ndarray
+    _lut: list = field(default_factory=list, repr=False)
+
+    @property
+    def lut(self) -> np.ndarray:
+        if not self._lut:
+            self._lut.append(_build_lut(self.w_packed))
+        return self._lut[0]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -291,13 +347,17 @@ class PreparedWeights:
 
 
 def prepare_weights(w_packed: np.ndarray) -> PreparedWeights:
-    """Build the ``lut`` engine's table for packed conv weights ``[KH, KW, Cw, O]``
+    """Prepare packed conv weights ``[KH, KW, Cw, O]`` for the engines
     (for GEMM weights ``[Kw, N]`` pass ``b.reshape(1, 1, Kw, N)``)."""
     if isinstance(w_packed, PreparedWeights):
         return w_packed
     w_packed = np.ascontiguousarray(w_packed)
     if w_packed.dtype != np.uint64 or w_packed.ndim != 4:
         raise ShapeError(f"prepare_weights needs uint64 packed weights [KH, KW, Cw, O]; got {w_packed.dtype} {w_packed.shape}.")
+    return PreparedWeights(w_packed=w_packed, w8=_avx.pad_filters(w_packed))
+
+
+def _build_lut(w_packed: np.ndarray) -> np.ndarray:
     kh, kw, cw, o = w_packed.shape
     groups = (o + _ROW - 1) // _ROW
     w = np.zeros((kh * kw * cw, groups * _ROW), dtype=np.uint64)
@@ -309,8 +369,7 @@ def prepare_weights(w_packed: np.ndarray) -> PreparedWeights:
         lut[:, j] = _POPCOUNT4[(values ^ nib[None]).astype(np.intp)].transpose(1, 0, 2)
     # padded filters are never read back; zero them so the table is deterministic
     lut[..., o:] = 0
-    lut = np.ascontiguousarray(lut.reshape(kh * kw * cw, 16, 16, groups, _ROW).transpose(3, 0, 1, 2, 4))
-    return PreparedWeights(w_packed=w_packed, lut=lut)
+    return np.ascontiguousarray(lut.reshape(kh * kw * cw, 16, 16, groups, _ROW).transpose(3, 0, 1, 2, 4))
 
 
 @njit(inline="always", **_JIT)
@@ -402,8 +461,46 @@ def _lut_conv_packed(x, lut, kh, kw, c, thr, sgn, stride, pad, out, o_n, rows_pe
 _lut_conv_serial = _serial(_lut_conv)
 _lut_conv_packed_serial = _serial(_lut_conv_packed)
 
-ENGINES = ("auto", "lut", "popcount")
+ENGINES = ("auto", "avx512", "lut", "popcount")
 LUT_MAX_BYTES = 1 << 20  # auto picks the lut engine only for tables up to this size
+# The avx512 engine runs on the calling thread below this many word pairs (about 0.5 ms there).
+# Measured on a shared 2-core Zen 5 (load 9-11): numba's pool took 0.45 ms where the calling
+# thread alone took 0.21 ms (784x256x2304 GEMM); a caller-first scheme with a helper thread
+# claiming units through an atomic counter was slower too (0.23 ms; 95 vs 76 us on the 56x56
+# conv): on a loaded machine the second thread mostly competes for the caller's own core.
+AVX512_SERIAL_BELOW = 16_000_000
+
+
+@functools.cache
+def cpu_features() -> frozenset[str]:
+    """CPU features of the host as LLVM (hence numba) sees and compiles for them, e.g. ``avx512f``."""
+    import llvmlite.binding as llvm
+
+    return frozenset(name for name, on in llvm.get_host_cpu_features().items() if on)
+
+
+def has_avx512_popcount() -> bool:
+    """Whether this CPU has the 512-bit ``vpopcntq`` the ``avx512`` engine is built for."""
+    feats = cpu_features()
+    return "avx512f" in feats and "avx512vpopcntdq" in feats
+
+
+def isa() -> str:
+    """The popcount ISA ``engine="auto"`` builds on here: ``avx512_vpopcntdq``, ``avx2`` or ``scalar``."""
+    if has_avx512_popcount():
+        return "avx512_vpopcntdq"
+    return "avx2" if "avx2" in cpu_features() else "scalar"
+
+
+def auto_engine(taps: int, c: int, o: int) -> str:
+    """The engine ``engine="auto"`` runs for a conv with ``taps = KH*KW``, ``c`` input and ``o``
+    output channels (a GEMM is ``taps=1, c=K, o=N``), on this CPU."""
+    if has_avx512_popcount():
+        return "avx512"
+    # measured on Zen 3 (AVX2): the table wins while it fits in L2 and a row of 64 filters
+    # is mostly used; with 32 or fewer filters or a table spilling to L3, popcount wins
+    table = taps * n_words(c) * 256 * ((o + _ROW - 1) // _ROW) * _ROW
+    return "lut" if taps * c <= 65535 and o > 32 and table <= LUT_MAX_BYTES else "popcount"
 
 
 def _rows_per_chunk(rows: int, wo: int, lut_bytes: int) -> int:
@@ -427,16 +524,25 @@ def _gemm_grid(m: int) -> tuple[int, int]:
 def _engine(engine: str, taps: int, c: int, o: int) -> str:
     if engine not in ENGINES:
         raise InvalidParameterError(f"engine={engine!r} is not one of {ENGINES}.")
-    lut_ok = taps * c <= 65535
-    if engine == "lut" and not lut_ok:
+    if engine == "lut" and taps * c > 65535:
         raise InvalidParameterError(f"the lut engine counts in uint16; KH*KW*C = {taps * c} > 65535. "
-                                    "Use engine='popcount'.")
-    if engine == "auto":
-        # measured on Zen 3 (AVX2): the table wins while it fits in L2 and a row of 64 filters
-        # is mostly used; with 32 or fewer filters or a table spilling to L3, popcount wins
-        table = taps * n_words(c) * 256 * ((o + _ROW - 1) // _ROW) * _ROW
-        return "lut" if lut_ok and o > 32 and table <= LUT_MAX_BYTES else "popcount"
-    return engine
+                                    "Use engine='popcount' or 'auto'.")
+    return auto_engine(taps, c, o) if engine == "auto" else engine
+
+
+def _w8(w) -> np.ndarray:
+    return w.w8 if isinstance(w, PreparedWeights) else _avx.pad_filters(np.ascontiguousarray(w))
+
+
+_NO_THR = np.zeros(1, dtype=np.float64)
+
+
+def _avx_conv(x, w, c, stride, padding, ho, wo, thr, sgn, bits, out):
+    kh, kw, cw, o_n = w.shape
+    kern = _avx.conv if x.shape[0] * ho * wo * o_n * kh * kw * cw >= AVX512_SERIAL_BELOW else _avx.conv_serial
+    kern(x, _w8(w), np.int64(o_n), np.int64(kh), np.int64(kw), np.int64(c), np.int64(stride), np.int64(padding),
+         np.int64(ho), np.int64(wo), thr, sgn, bits, out.reshape(-1).view(np.uint8),
+         np.int64(out.shape[3] * out.itemsize), np.int64(wo))
 
 
 def binary_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int, engine: str = "auto") -> np.ndarray:
@@ -453,7 +559,16 @@ def binary_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int, engine: str 
     b_arr = prepared.w_packed.reshape(prepared.shape[2], prepared.shape[3]) if prepared is not None else b_packed
     _ref._check_gemm(a_packed, b_arr, k)
     a = np.ascontiguousarray(a_packed)
-    if _engine(engine, 1, k, b_arr.shape[1]) == "lut":
+    eng = _engine(engine, 1, k, b_arr.shape[1])
+    if eng == "avx512":
+        w = prepared if prepared is not None else np.ascontiguousarray(b_arr).reshape(1, 1, *b_arr.shape)
+        rows, cols = _avx.gemm_grid(a.shape[0])
+        o8 = -(-b_arr.shape[1] // _avx.LANES) * _avx.LANES
+        out = np.empty((1, rows, cols, o8), dtype=np.int32)
+        _avx_conv(a.reshape(1, rows, cols, a.shape[1]), w, k, 1, 0, rows, cols, _NO_THR, _NO_THR, False, out)
+        out = out.reshape(a.shape[0], o8)
+        return out if o8 == b_arr.shape[1] else np.ascontiguousarray(out[:, : b_arr.shape[1]])
+    if eng == "lut":
         w = prepared if prepared is not None else prepare_weights(np.ascontiguousarray(b_arr).reshape(1, 1, *b_arr.shape))
         rows, cols = _gemm_grid(a.shape[0])
         return binary_conv2d(a.reshape(1, rows, cols, a.shape[1]), w, k, 1, 0, engine="lut").reshape(a.shape[0], -1)
@@ -472,9 +587,15 @@ def binary_conv2d(x_packed: np.ndarray, w_packed: np.ndarray, c: int, stride: in
     ho, wo = _ref._check_conv(x_packed, w_packed, c, stride, padding)
     x = np.ascontiguousarray(x_packed)
     kh, kw, cw, o_n = w_packed.shape
+    eng = _engine(engine, kh * kw, c, o_n)
+    if eng == "avx512":
+        o8 = -(-o_n // _avx.LANES) * _avx.LANES  # the tiles store whole vectors of 8 filters
+        out8 = np.empty((x.shape[0], ho, wo, o8), dtype=np.int32)
+        _avx_conv(x, w_packed, c, stride, padding, ho, wo, _NO_THR, _NO_THR, False, out8)
+        return out8 if o8 == o_n else np.ascontiguousarray(out8[..., :o_n])
     out = np.empty((x.shape[0], ho, wo, o_n), dtype=np.int32)
     parallel = out.size * kh * kw * cw >= SERIAL_BELOW
-    if _engine(engine, kh * kw, c, o_n) == "lut":
+    if eng == "lut":
         lut = prepare_weights(w_packed).lut
         kern = _lut_conv if parallel else _lut_conv_serial
         kern(x, lut, kh, kw, np.int64(c), np.int64(stride), np.int64(padding), out, _rows_per_chunk(x.shape[0] * ho, wo, lut.nbytes))
@@ -504,9 +625,14 @@ def binary_conv2d_packed(
     if thr.shape != (o_n,) or sgn.shape != (o_n,):
         raise ShapeError(f"thr and sgn must have one entry per output channel ({o_n}); got {thr.shape}, {sgn.shape}.")
     x = np.ascontiguousarray(x_packed)
+    eng = _engine(engine, kh * kw, c, o_n)
+    if eng == "avx512":
+        out = np.zeros((x.shape[0], ho, wo, n_words(o_n)), dtype=np.uint64)  # bytes past O8/8 stay 0
+        _avx_conv(x, w_packed, c, stride, padding, ho, wo, thr, sgn, True, out)
+        return out
     out = np.empty((x.shape[0], ho, wo, n_words(o_n)), dtype=np.uint64)
     parallel = x.shape[0] * ho * wo * o_n * kh * kw * cw >= SERIAL_BELOW
-    if _engine(engine, kh * kw, c, o_n) == "lut":
+    if eng == "lut":
         lut = prepare_weights(w_packed).lut
         kern = _lut_conv_packed if parallel else _lut_conv_packed_serial
         kern(x, lut, kh, kw, np.int64(c), thr, sgn, np.int64(stride), np.int64(padding), out, np.int64(o_n),

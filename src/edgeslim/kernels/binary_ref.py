@@ -141,8 +141,8 @@ def _weights(w):
 
 
 def _check_engine(engine: str) -> None:
-    if engine not in ("auto", "lut", "popcount"):
-        raise InvalidParameterError(f"engine={engine!r} is not one of ('auto', 'lut', 'popcount').")
+    if engine not in ("auto", "avx512", "lut", "popcount"):
+        raise InvalidParameterError(f"engine={engine!r} is not one of ('auto', 'avx512', 'lut', 'popcount').")
 
 
 def binary_gemm(a_packed: np.ndarray, b_packed: np.ndarray, k: int, engine: str = "auto") -> np.ndarray:

@@ -45,13 +45,17 @@ class PackedBNN:
     fc_b: np.ndarray
     _thresholds: tuple = field(default=(), init=False, repr=False)
     _weights: tuple = field(default=(), init=False, repr=False)
+    _stem_taps: np.ndarray = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         from . import binary as bk
 
-        # run-time forms: fused BN+sign thresholds and the lut engine's tables (built once)
+        # run-time forms: fused BN+sign thresholds, the engines' weight forms (built once) and the
+        # stem weights tap-major [9, O], so the stem's inner loop over filters is contiguous (SIMD)
         object.__setattr__(self, "_thresholds", tuple(bk.bn_to_threshold(b.scale, b.shift) for b in self.blocks))
         object.__setattr__(self, "_weights", tuple(bk.prepare_weights(b.w_packed) for b in self.blocks))
+        taps = np.ascontiguousarray(np.asarray(self.stem_w, dtype=np.float32).reshape(self.stem_w.shape[0], 9).T)
+        object.__setattr__(self, "_stem_taps", taps)
 
     def weight_bytes(self) -> int:
         """Bytes of all weights (packed binary layers + real stem/classifier)."""
@@ -63,7 +67,7 @@ class PackedBNN:
     def _stem(self, x: np.ndarray) -> np.ndarray:
         # x [B, 1, H, W] -> NHWC [B, H, W, C]: a direct 3x3 conv with one input channel (numba)
         out = np.empty((x.shape[0], x.shape[2], x.shape[3], self.stem_w.shape[0]), dtype=np.float32)
-        _stem_kernel()(np.ascontiguousarray(x[:, 0]), self.stem_w.reshape(self.stem_w.shape[0], 9), self.stem_b, out)
+        _stem_kernel()(np.ascontiguousarray(x[:, 0]), self._stem_taps, self.stem_b, out)
         return out
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -71,13 +75,11 @@ class PackedBNN:
         from . import binary as bk
 
         x = np.asarray(x, dtype=np.float32)
-        h = self._stem(x).astype(np.float32)
-        packed = None
+        h = self._stem(x)
+        packed = bk.pack_bits(h) if self.kind == "xnor" else None
         n = len(self.blocks)
         for i, blk in enumerate(self.blocks):
             if self.kind == "xnor":
-                if packed is None:
-                    packed = bk.pack_bits(h)
                 if i < n - 1:
                     thr, sgn = self._thresholds[i]
                     packed = bk.binary_conv2d_packed(packed, self._weights[i], blk.cin, thr, sgn, blk.stride, 1)
@@ -104,8 +106,9 @@ def _stem_kernel():
 
         @njit(nogil=True, fastmath=True, cache=True)
         def stem(x, w, b, out):
+            # w is tap-major [9, O]: the inner loop over filters reads contiguous weights
             n, h, wd = x.shape
-            o_n = w.shape[0]
+            o_n = w.shape[1]
             for bi in range(n):
                 for y in range(h):
                     for xx in range(wd):
@@ -121,7 +124,7 @@ def _stem_kernel():
                                     continue
                                 v = x[bi, iy, ix]
                                 for o in range(o_n):
-                                    out[bi, y, xx, o] += v * w[o, dy * 3 + dx]
+                                    out[bi, y, xx, o] += v * w[dy * 3 + dx, o]
 
         _STEM.append(stem)
     return _STEM[0]
