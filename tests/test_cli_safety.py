@@ -97,7 +97,7 @@ def test_version_and_help():
     (["--engines", "tflite"], "unknown engine 'tflite'"),
     (["--engine-precisions", "mnn:int9"], "int9"),
     (["--engine-precisions", "mnn"], "engine:precision"),
-    (["--task", "detect"], "unknown task"),
+    (["--task", "segment"], "unknown task"),
 ])
 def test_bad_values_fail_before_any_work(args, needle, tmp_path):
     t0 = time.time()

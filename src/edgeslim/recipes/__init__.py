@@ -18,6 +18,7 @@ register_recipe = RECIPES.register
 from . import float as _float  # noqa: E402,F401
 from . import int8 as _int8  # noqa: E402,F401
 from . import mixed as _mixed  # noqa: E402,F401
+from . import transformer as _transformer  # noqa: E402,F401
 from . import weight_only as _weight_only  # noqa: E402,F401
 
 
