@@ -13,7 +13,8 @@ from conftest import run_ort, tiny_conv_model
 
 # cosine of each recipe's output with fp32 that it must at least reach on the tiny model
 FLOOR = {"original": 0.99999, "fp32": 0.99999, "fp16": 0.999, "bf16": 0.999, "w8": 0.999, "w4": 0.95,
-         "int8": 0.98, "int8-dynamic": 0.95, "mixed": 0.98}
+         "int8": 0.98, "int8-dynamic": 0.95, "mixed": 0.98,
+         "int8-transformer": 0.98}  # int8 MatMul weights only here: the tiny model has no Gather or attention
 
 
 def _ctx():
