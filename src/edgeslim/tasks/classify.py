@@ -75,7 +75,8 @@ class ClassifyTask(Task):
             ev = ev[: self.eval_limit]
         return calib, ev
 
-    def _prep(self, img: np.ndarray) -> np.ndarray:
+    def preprocess(self, img: np.ndarray) -> np.ndarray:
+        """One BGR HxWx3 image -> the model's CHW float input (resize, RGB, /255, mean/std)."""
         import cv2
 
         x = cv2.resize(img, (self.size[1], self.size[0]))[:, :, ::-1].astype(np.float32).transpose(2, 0, 1) / 255.0
@@ -84,7 +85,7 @@ class ClassifyTask(Task):
     def batches(self, samples: list[Item], batch_size: int = 8) -> Iterator[Batch]:
         for s in range(0, len(samples), batch_size):
             chunk = list(range(s, min(s + batch_size, len(samples))))
-            yield Batch({self.input_name: np.stack([self._prep(samples[i].image) for i in chunk]).astype(np.float32)}, chunk)
+            yield Batch({self.input_name: np.stack([self.preprocess(samples[i].image) for i in chunk]).astype(np.float32)}, chunk)
 
     def decode(self, outputs: list[np.ndarray]) -> list[int]:
         o = outputs[0]
