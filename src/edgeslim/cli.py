@@ -98,7 +98,7 @@ def _table(title: str, headers: list[str], rows: list[list[str]]):
 def optimize(
     model: Optional[str] = typer.Argument(None, help="ONNX model path or zoo name (default: the PP-OCRv4 recognizer)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Data folder (ocr-rec: images + labels.tsv; classify: a folder per class; raw: .npz)."),
-    task: Optional[str] = typer.Option(None, "--task", help="ocr-rec | classify | raw [default: ocr-rec]"),
+    task: Optional[str] = typer.Option(None, "--task", help="ocr-rec | classify | raw | detect | embed | ocr-det | ocr-cls [default: ocr-rec]"),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Accuracy budget: the most the metric may worsen (task default: CER 0.005, top-1 0.01)."),
     objective: Optional[str] = typer.Option(None, "--objective", help="latency | size [default: latency]"),
     recipes: Optional[str] = typer.Option(None, "--recipes", help="Comma-separated recipe specs, e.g. fp32,int8:calibrator=mse,mixed."),
@@ -135,6 +135,10 @@ def optimize(
             raise InvalidParameterError(f"--resume: no earlier run into {target} is recorded. Run without --resume first.")
         file_opts = {**load_config(last), **(file_opts or {})}
     opts = resolve_options(given, file_opts, where="option")
+    if opts["model"] == "ocr-pipeline":  # det + cls + rec, each under its own budget, then end to end (apps/ocr)
+        from .apps.ocr.cli import optimize_command
+
+        return optimize_command(opts, as_json=as_json, command=["edgeslim", *sys.argv[1:]])
     cfg = study_config(opts)
     cfg.validate()  # every value checked before any work
     with OutputDir(opts["outdir"], force=bool(opts["force"]), inputs=(cfg.model, cfg.data), option="-o") as od:
@@ -398,7 +402,8 @@ def _mount_optional() -> None:
     # exposes `app` (a typer.Typer, mounted as a command group) or `command` (one function).
     from .apps import APPS
 
-    parts = [("edgeslim.slide.cli", "slide"), ("edgeslim.train.cli", "train"), ("edgeslim.train.theseus_cli", "theseus")]
+    parts = [("edgeslim.slide.cli", "slide"), ("edgeslim.train.cli", "train"), ("edgeslim.train.theseus_cli", "theseus"),
+             ("edgeslim.nas.cli", "nas")]
     for name, mod_name in [(n, mod) for mod, n in parts] + [(n, APPS.get(n)) for n in APPS]:
         try:
             mod = __import__(mod_name, fromlist=["app", "command"])

@@ -637,10 +637,6 @@ for name, y in zip(OUTPUTS, outs):
     print(f"{name}\\t{list(y.shape)}\\t{y.ravel()[:8]}")
 '''),
 }
-# tasks that keep their engine-only program beside their own code (their decode is too long to live here)
-from .tasks.detect import DEPLOY_SNIPPET as _DETECT_SNIPPET  # noqa: E402
-
-_TASKS["detect"] = _DETECT_SNIPPET
 
 
 def snippet(outdir_or_deploy: str | Path | dict) -> str:
@@ -657,9 +653,14 @@ def snippet(outdir_or_deploy: str | Path | dict) -> str:
     engine, task = d.get("engine"), (d.get("task") or {}).get("name")
     if engine not in _ENGINES:
         raise DeployError(f"no example program for engine {engine!r} (known: {', '.join(_ENGINES)}).")
-    if task not in _TASKS:
-        raise DeployError(f"no example program for task {task!r} (known: {', '.join(_TASKS)}).")
-    usage, body = _TASKS[task]
+    from .tasks import TASKS
+
+    # a task that keeps its program beside its own code (a long decode) declares it as `deploy_program`
+    program = _TASKS.get(task) or (getattr(TASKS.get(task), "deploy_program", None) if task in TASKS.names() else None)
+    if program is None:
+        raise DeployError(f"no example program for task {task!r} (known: {', '.join(_TASKS)} and the tasks that "
+                          "declare deploy_program).")
+    usage, body = program
     package = _PACKAGES[engine]
     head = _HEAD.format(engine=engine, precision=d.get("precision", "?"), task=task, package=package, usage=usage,
                         needs=f"{package} {d.get('engine_version', '')}".strip() + ", numpy, opencv-python-headless")

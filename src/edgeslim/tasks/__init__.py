@@ -11,6 +11,8 @@ register_task = TASKS.register
 from . import classify as _classify  # noqa: E402,F401
 from . import detect as _detect  # noqa: E402,F401
 from . import embed as _embed  # noqa: E402,F401
+from . import ocr_cls as _ocr_cls  # noqa: E402,F401
+from . import ocr_det as _ocr_det  # noqa: E402,F401
 from . import ocr_rec as _ocr_rec  # noqa: E402,F401
 from . import raw as _raw  # noqa: E402,F401
 

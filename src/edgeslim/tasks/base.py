@@ -71,6 +71,10 @@ class Task:
 
     # ---- deployment: the task's pre/post-processing as data, and back ----------------------------------------
 
+    # (usage, program body) of the engine-only predict.py for this task, when the task ships its own (see
+    # edgeslim.deploy.snippet); None: the deploy module's built-in programs (ocr-rec, classify, raw, embed)
+    deploy_program: tuple[str, str] | None = None
+
     def deploy_spec(self) -> dict:
         """`{"name", "preprocess", "postprocess"}`: everything a deployment needs to feed the model and read its
         outputs as this task does, as JSON-able data (no model needed to rebuild the task from it)."""

@@ -482,3 +482,5 @@ for path in sys.argv[2:]:
     for k, (box, lm, score) in enumerate(detect(img)):
         print(f"{path}\\tface {k}\\tscore {score:.3f}\\tbox " + ",".join(f"{v:.1f}" for v in box))
 ''')
+
+DetectTask.deploy_program = DEPLOY_SNIPPET
