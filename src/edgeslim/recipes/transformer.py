@@ -19,8 +19,6 @@ Three steps, each one a well-kept tool or a small exact rewrite:
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..errors import InvalidParameterError, RecipeError
 from . import register_recipe
 from .base import Recipe, RecipeContext, RecipeOutput
+from .int8 import _quiet_root_logger  # onnxruntime's optimizer and quantizer log on the root logger
 
 __all__ = ["Int8Transformer", "fuse_transformer", "quantize_embeddings_4bit", "pack_4bit", "unpack_4bit", "MIN_TABLE_ROWS"]
 
@@ -39,18 +38,6 @@ __all__ = ["Int8Transformer", "fuse_transformer", "quantize_embeddings_4bit", "p
 # token-type table stays (the positions are 0.8 MB in fp32: left as they are, a 3-layer MiniLM misses 15% of the
 # teacher's size by that much).
 MIN_TABLE_ROWS = 512
-
-
-@contextlib.contextmanager
-def _quiet():
-    # onnxruntime's optimizer and quantizer log warnings on the root logger for every call
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def fuse_transformer(model: onnx.ModelProto, *, keep_embedding_gather: bool = False) -> tuple[onnx.ModelProto, dict]:
@@ -64,7 +51,7 @@ def fuse_transformer(model: onnx.ModelProto, *, keep_embedding_gather: bool = Fa
     opts = FusionOptions("bert")
     if keep_embedding_gather:
         opts.enable_embed_layer_norm = False
-    with _quiet(), tempfile.TemporaryDirectory(prefix="edgeslim-tf-") as d:
+    with _quiet_root_logger(), tempfile.TemporaryDirectory(prefix="edgeslim-tf-") as d:
         src = Path(d) / "in.onnx"
         onnx.save(model, str(src))
         try:
@@ -186,7 +173,7 @@ def _quantize_dynamic(model: onnx.ModelProto, op_types: list[str], per_channel: 
                       exclude: tuple[str, ...] = ()) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as d, _quiet():
+    with tempfile.TemporaryDirectory(prefix="edgeslim-q-") as d, _quiet_root_logger():
         src, out = Path(d) / "in.onnx", Path(d) / "q.onnx"
         onnx.save(model, str(src))
         try:
