@@ -22,12 +22,22 @@ def _ck(t, p1):
     return Checkpoint(train_s=t, samples=0, epoch=0, loss=0, p1=p1, p5=0, samples_per_s=0)
 
 
-def test_time_to_reach_interpolates_first_crossing():
+def test_time_to_reach_counts_the_crossing_it_keeps():
     h = [_ck(0, 0.0), _ck(10, 0.2), _ck(20, 0.6), _ck(30, 0.4), _ck(40, 0.7)]
-    assert time_to_reach(h, 0.4) == pytest.approx(15.0)
-    assert time_to_reach(h, 0.6) == pytest.approx(20.0)
+    assert time_to_reach(h, 0.4) == pytest.approx(15.0)  # never below again after 20 s (0.4 is not below 0.4)
+    assert time_to_reach(h, 0.6) == pytest.approx(30 + 10 * 0.2 / 0.3)  # crossed at 20 s, fell back, stays from ~36.7 s
+    assert time_to_reach(h, 0.6, sustained=False) == pytest.approx(20.0)  # the first crossing
     assert time_to_reach(h, 0.65) == pytest.approx(30 + 10 * 0.25 / 0.3)
     assert time_to_reach(h, 0.8) is None
+    assert time_to_reach([_ck(0, 0.5), _ck(10, 0.7), _ck(20, 0.3)], 0.4) is None  # ends below: not reached
+    assert time_to_reach([_ck(5, 0.9), _ck(10, 0.95)], 0.4) == 5
+
+
+def test_p1_standard_error():
+    from edgeslim.slide.train import p1_standard_error
+
+    assert p1_standard_error(0.5, 1000) == pytest.approx(0.0158, abs=1e-4)
+    assert p1_standard_error(0.5, 5000) < p1_standard_error(0.5, 1000) / 2
 
 
 @pytest.mark.parametrize("method", ["slide", "dense", "sampled"])
