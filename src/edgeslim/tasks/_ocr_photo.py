@@ -70,19 +70,11 @@ def parse_det_limit(text: str | int) -> DetResize:
 def load_image(src: str | Path | np.ndarray, name: str = "") -> tuple[np.ndarray, str]:
     """A BGR uint8 image and its name, from a path or an array (gray and BGRA are converted). Images outside
     `MIN_IMAGE_SIDE`..`MAX_IMAGE_SIDE` px a side are a `DataError` naming the file."""
-    import cv2
-
-    from .base import read_image
+    from .base import as_bgr, read_image
 
     if isinstance(src, np.ndarray):
-        img, name = np.asarray(src), name or "<array>"
-        if img.ndim == 2:
-            img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-        elif img.ndim == 3 and img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise DataError(f"{name}: an array of shape {list(img.shape)} and dtype {img.dtype}; expected a BGR uint8 "
-                            "image HxWx3 (as cv2.imread returns). Convert it first.")
+        name = name or "<array>"
+        img = as_bgr(src, name)
     else:
         p = Path(src)
         name = name or str(p)

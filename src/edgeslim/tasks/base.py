@@ -109,6 +109,22 @@ def evaluate(runner, task: Task, samples: list, batch_size: int = 8, progress: C
     return preds, nonfinite
 
 
+def as_bgr(img: np.ndarray, name: str) -> np.ndarray:
+    """An image array as BGR uint8 HxWx3 (gray HxW and BGRA HxWx4 are converted); anything else is a `DataError`
+    naming `name`."""
+    import cv2
+
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise DataError(f"{name}: an array of shape {list(img.shape)} and dtype {img.dtype}; expected a BGR uint8 "
+                        "image HxWx3 (as cv2.imread returns). Convert it first.")
+    return img
+
+
 def read_image(path: Path, where: str = "") -> np.ndarray:
     """BGR uint8 image; a file that does not decode is a `DataError` naming it."""
     import cv2

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import register_task
-from .base import Batch, Task, read_image
+from .base import Batch, Task, as_bgr, read_image
 
 BUNDLED = Path(__file__).resolve().parent.parent / "data" / "ocr_synth"
 # A recognizer fed correctly gets most characters right; a CER this high means wrong input, not a weak model.
@@ -255,22 +255,12 @@ class OcrRecTask(Task):
 
     def samples_from(self, inputs) -> list[Line]:
         """Image paths or BGR uint8 arrays (HxWx3; HxW gray and HxWx4 BGRA are converted), one or a list."""
-        import cv2
-
         if isinstance(inputs, (str, Path, np.ndarray)):
             inputs = [inputs]
         lines = []
         for i, x in enumerate(inputs):
             if isinstance(x, np.ndarray):
-                img = np.asarray(x)
-                if img.ndim == 2:
-                    img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-                elif img.ndim == 3 and img.shape[2] == 4:
-                    img = cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-                if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-                    raise DataError(f"input {i}: an array of shape {list(img.shape)} and dtype {img.dtype}; expected a "
-                                    "BGR uint8 image HxWx3 (as cv2.imread returns). Convert it first.")
-                lines.append(Line(f"<array {i}>", img, ""))
+                lines.append(Line(f"<array {i}>", as_bgr(x, f"input {i}"), ""))
             else:
                 lines.append(Line(str(x), read_image(Path(x)), ""))
         return lines
