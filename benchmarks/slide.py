@@ -158,13 +158,12 @@ def main() -> None:
     out = {"quick": q, "machine": info, "data": syn.__dict__, "lr": lr, "batch": batch, "hidden": hidden,
            "max_active": max_active, "hash": slide_hash, "budget_s": budget, "summary": summary,
            "histories": {n: r.to_dict() for n, r in res.items()}, "sensitivity": sens}
+    vs = summary["vs_sampled"] = summarize({n: r.history for n, r in res.items()}, syn.n_test)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "slide_quick" if q else "slide"
     (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1, default=float))
     plot_p1_vs_time(res, args.out / f"{stem}.png", target_p1=target, threads=THREADS)
     (args.out / f"{stem}.md").write_text(_markdown(out, res, stem))
-    vs = summary["vs_sampled"] = summarize({n: r.history for n, r in res.items()}, syn.n_test)
-    (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1, default=float))
     f = lambda x: "none" if x is None else f"{x:.2f}"  # noqa: E731
     print(f"dense-target (dense final - 1 point) speedup dense/SLIDE: {speedup:.2f}; active fraction {act_frac:.5f}")
     print(f"RESULT labels={syn.n_labels} speedup_vs_sampled={f(vs['speedup_vs_sampled'])} "
