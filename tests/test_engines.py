@@ -433,7 +433,7 @@ def test_kmeans_codebook_keeps_the_tails_and_beats_uniform_int8():
 
 
 def test_ncnn_bf16_w8_stores_codebooks_and_keeps_the_worst_layers_when_the_score_says_so(tmp_path):
-    from edgeslim.engines.ncnn_format import CODEBOOK_TAG, _Bin, _blobs, _parse_param, codebook_errors
+    from edgeslim.engines.ncnn_format import CODEBOOK_TAG, _Bin, _blobs, _parse_param, codebook_errors, codebooks
 
     m, e = _wide_model(), get_engine("ncnn")
     feeds = [{"x": np.random.default_rng(1).uniform(-1, 1, (1, 16, 8, w)).astype(np.float32)} for w in (16, 24)]
@@ -463,6 +463,6 @@ def test_ncnn_bf16_w8_stores_codebooks_and_keeps_the_worst_layers_when_the_score
 
     art2 = e.convert(m, tmp_path / "s.ncnn.bin", precision="bf16-w8", calib_feeds=feeds[:1], score=strict, budget=0.01)
     meta2 = read_meta(art2, "ncnn")
-    errors = codebook_errors(full.with_suffix(".param").read_text(), full.read_bytes())
+    errors = codebook_errors(codebooks(full.with_suffix(".param").read_text(), full.read_bytes()))
     assert meta2["codebook"]["fp16_layers"] == [max(errors, key=errors.get)] and meta2["codebook"]["coded_blobs"] == 1
     assert [t["kept_layers"] for t in meta2["search"]][:2] == [0, 1]

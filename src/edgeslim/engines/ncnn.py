@@ -30,7 +30,7 @@ from . import register_engine
 from ._subprocess import call_function, describe_failure, run_tool
 from .base import INSTALL_HINT, ConversionError, Engine, EngineError, EngineUnavailableError, Feeds, read_meta, write_meta
 from .ncnn_format import QUANT_TYPES as _QUANT_TYPES
-from .ncnn_format import _parse_param, codebook_errors, codebook_weights, quantize_int8, read_table, weight_scales, write_table
+from .ncnn_format import _parse_param, codebook_errors, codebook_weights, codebooks, quantize_int8, read_table, weight_scales, write_table
 from .ncnn_format import unsupported_layers as _unsupported_layers
 
 __all__ = ["NcnnEngine", "NcnnRunner", "NCNN_PRECISIONS", "write_table", "read_table", "quantize_int8"]
@@ -365,14 +365,15 @@ class NcnnEngine(Engine):
                 info["int8_layers"] = len(done)
             if precision.endswith("-w8"):
                 src_bin = binf.read_bytes()
-                errors = codebook_errors(param_text, src_bin)
+                codes = codebooks(param_text, src_bin)  # once: every trial reuses them
+                errors = codebook_errors(codes)
                 order = sorted(errors, key=lambda k: -errors[k])  # the worst-coded layers stay fp16 first
                 keep: set[str] = set()
                 if score is not None:
                     meta = _meta(precision, inputs, outputs)
 
                     def coded(k: int, tb: Path):
-                        tb.write_bytes(codebook_weights(param_text, src_bin, skip=set(order[:k]))[0])
+                        tb.write_bytes(codebook_weights(param_text, src_bin, skip=set(order[:k]), codes=codes)[0])
                         tb.with_suffix(".param").write_text(param_text)
                         write_meta(tb, meta)
                         return score(tb)
@@ -380,7 +381,7 @@ class NcnnEngine(Engine):
                     hi, trials = fewest_kept(order, coded, d, budget)
                     keep = set(order[:hi])
                     info["search"] = trials
-                data, info["codebook"] = codebook_weights(param_text, src_bin, skip=keep)
+                data, info["codebook"] = codebook_weights(param_text, src_bin, skip=keep, codes=codes)
                 info["codebook"]["fp16_layers"] = sorted(keep)
                 binf.write_bytes(data)
             out.write_bytes(binf.read_bytes())

@@ -14,7 +14,7 @@ import numpy as np
 from .base import ConversionError
 
 __all__ = ["QUANT_TYPES", "unsupported_layers", "parse_param", "weight_scales", "write_table", "read_table",
-           "codebook_weights", "codebook_errors", "kmeans_codebook",
+           "codebook_weights", "codebooks", "codebook_errors", "kmeans_codebook",
            "quantize_int8"]
 
 QUANT_TYPES = ("Convolution", "ConvolutionDepthWise", "InnerProduct")
@@ -255,17 +255,29 @@ def kmeans_codebook(w: np.ndarray, levels: int = 256, iters: int = 12) -> tuple[
     return full, idx
 
 
-def codebook_errors(param_text: str, bin_data: bytes, min_size: int = CODEBOOK_MIN_SIZE) -> dict[str, float]:
-    """Relative RMS error of each codable layer's weights under its 8-bit codebook (layers with one such blob or more;
-    the worst blob counts)."""
+Codebooks = dict[tuple[str, int], tuple[np.ndarray, np.ndarray, float]]
+
+
+def codebooks(param_text: str, bin_data: bytes, min_size: int = CODEBOOK_MIN_SIZE) -> Codebooks:
+    """The 8-bit codebook of every tagged weight blob of at least `min_size` values:
+    `{(layer name, blob index): (table, indices, relative RMS error)}`. Computed once and reused by every trial of a
+    search (`codebook_weights(..., codes=)`)."""
     _, layers = _parse_param(param_text)
     b = _Bin(bin_data)
-    out: dict[str, float] = {}
+    out: Codebooks = {}
     for L in layers:
-        for t, d in _blobs(L, b):
+        for k, (t, d) in enumerate(_blobs(L, b)):
             if t == 0 and d.size >= min_size:
                 table, idx = kmeans_codebook(d)
-                out[L.name] = max(out.get(L.name, 0.0), _relative_rms(table[idx], d))
+                out[(L.name, k)] = (table, idx, _relative_rms(table[idx], d))
+    return out
+
+
+def codebook_errors(codes: Codebooks) -> dict[str, float]:
+    """Relative RMS error of each codable layer's weights under its codebook (the worst blob of the layer counts)."""
+    out: dict[str, float] = {}
+    for (name, _), (_, _, err) in codes.items():
+        out[name] = max(out.get(name, 0.0), err)
     return out
 
 
@@ -275,16 +287,17 @@ def _relative_rms(approx: np.ndarray, ref: np.ndarray) -> float:
 
 
 def codebook_weights(param_text: str, bin_data: bytes, min_size: int = CODEBOOK_MIN_SIZE,
-                     skip: set[str] = frozenset()) -> tuple[bytes, dict]:
+                     skip: set[str] = frozenset(), codes: Codebooks | None = None) -> tuple[bytes, dict]:
     """Store every tagged weight blob of at least `min_size` values as an 8-bit codebook (ncnn's quantized-weight
     format: a flag word, 256 float32 table entries, one uint8 index per value, padded to 4 bytes).
 
     ncnn expands the table to float at load, so the model runs at the precision its options choose (bf16 storage
     here) with weights 4x smaller on disk than fp32. Why a k-means codebook rather than uniform int8: it is the
     format ncnn reads for float layers, and a non-uniform table puts its levels where the weights are.
-    Layers named in `skip` keep their blobs as they are. Info: blobs coded, bytes before and after, and the worst
-    relative RMS error of a coded blob.
+    Layers named in `skip` keep their blobs as they are; `codes` (from `codebooks`, same `min_size`) saves computing
+    them again. Info: blobs coded, bytes before and after, and the worst relative RMS error of a coded blob.
     """
+    codes = codebooks(param_text, bin_data, min_size) if codes is None else codes
     _, layers = _parse_param(param_text)
     b = _Bin(bin_data)
     out = bytearray()
@@ -292,19 +305,19 @@ def codebook_weights(param_text: str, bin_data: bytes, min_size: int = CODEBOOK_
     for L in layers:
         start = b.pos
         blobs = _blobs(L, b)
-        if L.name in skip or not any(t == 0 and d.size >= min_size for t, d in blobs):
+        if L.name in skip or not any((L.name, k) in codes for k in range(len(blobs))):
             out += bin_data[start : b.pos]
             continue
-        for t, d in blobs:
-            if t == 1:
-                out += np.asarray(d, np.float32).tobytes()
-            elif d.size < min_size:
-                out += np.uint32(0).tobytes() + np.asarray(d, np.float32).tobytes()
-            else:
-                table, idx = kmeans_codebook(d)
-                worst = max(worst, _relative_rms(table[idx], d))
+        for k, (t, d) in enumerate(blobs):
+            if (L.name, k) in codes:
+                table, idx, err = codes[(L.name, k)]
+                worst = max(worst, err)
                 out += np.uint32(CODEBOOK_TAG).tobytes() + table.tobytes() + idx.tobytes() + b"\0" * ((-idx.size) % 4)
                 coded += 1
+            elif t == 1:
+                out += np.asarray(d, np.float32).tobytes()
+            else:
+                out += np.uint32(0).tobytes() + np.asarray(d, np.float32).tobytes()
     return bytes(out), {"coded_blobs": coded, "bytes_before": len(bin_data), "bytes_after": len(out),
                         "worst_relative_rms_error": round(worst, 5)}
 
