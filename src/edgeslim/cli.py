@@ -403,7 +403,8 @@ def _mount_optional() -> None:
     from .apps import APPS
 
     parts = [("edgeslim.slide.cli", "slide"), ("edgeslim.train.cli", "train"), ("edgeslim.train.theseus_cli", "theseus"),
-             ("edgeslim.nas.cli", "nas")]
+             ("edgeslim.nas.cli", "nas"),
+             ("edgeslim.monitor", "monitor"), ("edgeslim.profiles.cli", "profiles")]
     for name, mod_name in [(n, mod) for mod, n in parts] + [(n, APPS.get(n)) for n in APPS]:
         try:
             mod = __import__(mod_name, fromlist=["app", "command"])

@@ -12,5 +12,6 @@ APPS: Registry[str] = Registry("app")
 
 APPS.register("ocr")("edgeslim.apps.ocr.cli")
 APPS.register("face")("edgeslim.apps.face.cli")
+APPS.register("objectron")("edgeslim.apps.objectron.cli")
 
 __all__ = ["APPS"]
