@@ -71,35 +71,29 @@ class BenchResult:
 
 
 class Telemetry:
-    """Background sampler of CPU %, frequency (MHz) and temperature (C, where the OS exposes it)."""
+    """Background sampler of CPU %, frequency (MHz) and temperature (C, where the OS exposes it).
 
-    def __init__(self, interval: float = 0.25) -> None:
+    The figures come from `edgeslim.monitor.Sampler` (the sampling code `edgeslim monitor` shows), without the
+    per-process scan, which would itself load the machine every `interval` s while candidates are timed. `reader`
+    replaces the psutil reading (see `edgeslim.monitor.read`)."""
+
+    def __init__(self, interval: float = 0.25, reader: Callable | None = None) -> None:
         self.interval = interval
+        self.reader = reader
         self.samples: list[dict] = []
         self._stop = threading.Event()
         self._t: threading.Thread | None = None
 
-    def _loop(self) -> None:
-        import psutil
-
-        psutil.cpu_percent(None)
+    def _loop(self, sampler) -> None:
         while not self._stop.wait(self.interval):
-            s = {"cpu_percent": psutil.cpu_percent(None)}
-            try:
-                f = psutil.cpu_freq()
-                s["freq_mhz"] = f.current if f else None
-            except Exception:
-                s["freq_mhz"] = None
-            try:
-                temps = psutil.sensors_temperatures() if hasattr(psutil, "sensors_temperatures") else {}
-                vals = [t.current for v in temps.values() for t in v if t.current]
-                s["temp_c"] = max(vals) if vals else None
-            except Exception:
-                s["temp_c"] = None
-            self.samples.append(s)
+            self.samples.append(sampler.sample())
 
     def __enter__(self) -> "Telemetry":
-        self._t = threading.Thread(target=self._loop, daemon=True)
+        from .monitor import Sampler  # imported and primed here, not in the thread, so no import runs while timing
+
+        sampler = Sampler(self.reader, top=0)
+        sampler.prime()
+        self._t = threading.Thread(target=self._loop, args=(sampler,), daemon=True)
         self._t.start()
         return self
 
@@ -109,11 +103,10 @@ class Telemetry:
             self._t.join()
 
     def summary(self) -> dict:
-        out = {"samples": len(self.samples)}
-        for k in ("cpu_percent", "freq_mhz", "temp_c"):
-            v = [s[k] for s in self.samples if s.get(k) is not None]
-            out[k] = {"mean": round(float(np.mean(v)), 1), "max": round(float(np.max(v)), 1)} if v else None
-        return out
+        """{"samples": n, "cpu_percent" | "freq_mhz" | "temp_c": {"mean", "max"}, or None where no sample has it}."""
+        from .monitor import summarize
+
+        return summarize(self.samples)
 
 
 # Other processes may take this much CPU time (in cores) while we time before a run is flagged as noisy.
