@@ -57,6 +57,12 @@ def test_every_trainer_learns_from_the_same_start(data, method):
         assert res.stats["active_fraction"] == 1.0
     else:
         assert res.stats["active_fraction"] < 0.6
+    # every checkpoint of SLIDE reports its active set's recall of the exact top-5, the baselines have none
+    if method == "slide":
+        assert all(c.recall5 is not None and 0.0 <= c.recall5 <= 1.0 for c in res.history)
+        assert res.final.recall5 == pytest.approx(tr.net.topk_recall(test, np.arange(150), 5))
+    else:
+        assert all(c.recall5 is None for c in res.history)
 
 
 def test_fitrun_advances_in_slices_and_stops_at_target(data):

@@ -59,6 +59,10 @@ class SlideTrainer:
     def params(self) -> dict[str, np.ndarray]:
         return self.net.params()
 
+    def active_recall(self, data: XMCData, rows: np.ndarray, k: int = 5) -> float:
+        """Share of each sample's exact top-``k`` labels that its label-free active set holds."""
+        return self.net.topk_recall(data, rows, k)
+
     def stats(self) -> dict[str, float]:
         frac = self.active_sum_ / max(1, self.samples_) / self.net.n_labels
         return {"active_fraction": frac, "rebuilds": float(self.net.tables.n_rebuilds_)}
@@ -103,13 +107,15 @@ def make_trainer(method: str, **kwargs: Any) -> Trainer:
 class FitConfig:
     """Stop at whichever comes first: ``max_epochs``, ``time_budget_s`` of training time, or a
     checkpoint with P@1 >= ``stop_at_p1``. Checkpoints every ``eval_every_s`` of training time on
-    the first ``eval_samples`` test samples (and always at the end)."""
+    the first ``eval_samples`` test samples (and always at the end). A trainer with an active set (SLIDE) also
+    reports, at each checkpoint, its active set's recall of the exact top-5 labels on the first ``recall_samples``."""
 
     batch_size: int = 128
     max_epochs: float = 1.0
     time_budget_s: float = float("inf")
     eval_every_s: float = 10.0
     eval_samples: int = 2000
+    recall_samples: int = 500
     stop_at_p1: float | None = None
     seed: int = 0
 
@@ -128,6 +134,7 @@ class Checkpoint:
     p1: float
     p5: float
     samples_per_s: float
+    recall5: float | None = None  # share of the exact top-5 labels in the label-free active set (SLIDE only)
 
 
 @dataclass(kw_only=True)
@@ -175,9 +182,12 @@ class FitRun:
 
     def _checkpoint(self) -> Checkpoint:
         p1, p5 = evaluate(self.trainer.params(), self.test, self._eval_rows)
+        recall = getattr(self.trainer, "active_recall", None)
+        r5 = recall(self.test, self._eval_rows[:self.config.recall_samples], 5) if recall is not None else None
         ck = Checkpoint(train_s=self.train_s, samples=self.samples, epoch=self.samples / self._n,
                         loss=float(np.mean(self._losses[-50:])) if self._losses else float("nan"),
-                        p1=p1, p5=p5, samples_per_s=self.samples / self.train_s if self.train_s > 0 else 0.0)
+                        p1=p1, p5=p5, samples_per_s=self.samples / self.train_s if self.train_s > 0 else 0.0,
+                        recall5=r5)
         self.result.history.append(ck)
         if self.progress is not None:
             self.progress(ck)
