@@ -62,6 +62,13 @@ ZOO.register("mediapipe-face-detection")(ZooEntry(
     description="MediaPipe BlazeFace short range, 128x128 (only inside the mediapipe==0.10.14 wheel, "
                 "mediapipe/modules/face_detection/; pass a local dir holding it)"))
 
+ZOO.register("objectron-chair")(ZooEntry(
+    file="objectron_chair_640x480_int8.tflite",
+    url="https://raw.githubusercontent.com/terryky/tflite_gles_app/bfc2015a/gl2objectron/objectron_model/"
+        "object_detection_3d_chair_640x480_integer_quant.tflite",
+    sha256="668b0acd737df6a1a1ac0387c8d2871ebc2638a000eded082555d2ae6e80c4fd",
+    description="MediaPipe Objectron single-stage chair model, 640x480, full-integer int8 (terryky/tflite_gles_app)"))
+
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGESLIM_CACHE", Path.home() / ".cache" / "edgeslim"))
