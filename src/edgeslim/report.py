@@ -56,6 +56,78 @@ def _sensitivity_rows(result) -> list[dict]:
     return []
 
 
+ROOFLINE_TITLE = "Estimated on target devices (roofline, not measured)"
+
+
+def _fmt_ms(ms: float) -> str:
+    if ms >= 10:
+        return f"{ms:.1f} ms"
+    if ms >= 0.1:
+        return f"{ms:.2f} ms"
+    return f"{ms * 1e3:.3g} us"
+
+
+def _roofline_table(result) -> tuple[list[str], list[list[str]], list[str]]:
+    """(headers, rows, notes) of the estimate table: a row per candidate, a column per chip profile."""
+    profiles = [p["name"] for p in (getattr(result, "profiles", None) or [])]
+    cands = [c for c in result.candidates if getattr(c, "roofline", None)]
+    if not profiles or not cands:
+        return [], [], []
+    headers = ["candidate", "precision"] + profiles
+    rows, notes, reasons = [], [], {}
+    for c in cands:
+        r = c.roofline
+        if "estimates" not in r:
+            rows.append([c.id, r.get("precision", "-")] + ["error"] * len(profiles))
+            notes.append(f"`{c.id}`: no estimate ({r.get('error', 'unknown error')})")
+            continue
+        row = [c.id, r["precision"]]
+        for name in profiles:
+            e = r["estimates"].get(name) or {}
+            if e.get("ms") is None:
+                row.append("n/a")
+                if e.get("reason"):
+                    reasons.setdefault(name, set()).add(e["reason"].removeprefix("n/a: "))
+                continue
+            mark = "*" if "compute roof only" in (e.get("reason") or "") else ""
+            row.append(f"{_fmt_ms(e['ms'])}{mark} ({e.get('bound', '')})")
+            if e.get("reason") and not mark:
+                reasons.setdefault(name, set()).add(e["reason"])
+        rows.append(row)
+        if r.get("note"):
+            notes.append(f"`{c.id}`: {r['note']}")
+        if not r.get("graph", "").startswith("the candidate's"):
+            notes.append(f"`{c.id}`: estimated from {r.get('graph', 'the source ONNX')}, at its precision")
+    for name, rs in reasons.items():
+        notes.append(f"`{name}`: " + "; ".join(sorted(rs)))
+    return headers, rows, notes
+
+
+def _roofline_md(result) -> list[str]:
+    headers, rows, notes = _roofline_table(result)
+    if not rows:
+        return []
+    out = ["", f"## {ROOFLINE_TITLE}", "",
+           "Roofline time of each candidate's graph: per node max(ops / peak, bytes / bandwidth), summed "
+           "(`edgeslim.profiles.roofline`), with the candidate's precision deciding the peak and the bytes per element. "
+           "`host` is this machine with ceilings, bandwidths and launch costs measured by onnxruntime microbenchmarks; "
+           "the other profiles are published figures (`edgeslim profiles NAME` lists each one's sources), so their "
+           "times are lower bounds. (compute / memory / overhead): the term holding most of the time. "
+           "`*`: compute roof only (no published bandwidth). n/a: the profile publishes no peak for that precision.", "",
+           "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(x.replace("|", "/") for x in r) + " |" for r in rows]
+    if notes:
+        out += [""] + [f"- {n}" for n in notes]
+    figs = []
+    for p in getattr(result, "profiles", None) or []:
+        peaks = ", ".join(f"{k} {v:g}" for k, v in p["peak_gops"].items() if v is not None) or "none published"
+        bw = "-" if p.get("bandwidth_gbs") is None else f"{p['bandwidth_gbs']:g} GB/s"
+        figs.append(f"- `{p['name']}` ({p['title']}): peak G ops/s {peaks}; bandwidth {bw}"
+                    + (" (measured)" if p.get("measured") else ""))
+    out += ["", "Profiles:", ""] + figs
+    return out
+
+
 def markdown(result) -> str:
     d = result.to_dict()
     sel = result.selected or "none (no candidate kept accuracy)"
@@ -78,6 +150,7 @@ def markdown(result) -> str:
         if c.speedup_range:
             row[5] += f" [{c.speedup_range[0]:.2f}-{c.speedup_range[1]:.2f}]"
         lines.append("| " + " | ".join(x.replace("|", "/") for x in row[:-1] + [c.reason.replace("|", "/")]) + " |")
+    lines += _roofline_md(result)
     sens = _sensitivity_rows(result)
     if sens:
         lines += ["", "## Per-node sensitivity (mixed precision)", "",
@@ -164,6 +237,14 @@ def _html(result, md_text: str, png: bytes, snippet: str | None = None) -> str:
         f"<td>{r.get('output_sqnr_db', float('nan')):.1f}</td><td>{'yes' if r.get('kept_fp32') else ''}</td></tr>"
         for r in _sensitivity_rows(result)
     )
+    rh, rrows, rnotes = _roofline_table(result)
+    roof = ""
+    if rrows:
+        roof = (f"<h2>{html.escape(ROOFLINE_TITLE)}</h2><p>Roofline time per candidate and chip profile: host from "
+                "measured ceilings on this machine, the others from published peaks (lower bounds). Not measured.</p>"
+                "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in rh) + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rrows)
+                + "</table>" + ("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in rnotes) + "</ul>" if rnotes else ""))
     img = base64.b64encode(png).decode()
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgeslim report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -174,6 +255,7 @@ tr.sel td{{background:#e6f5e6;font-weight:bold}}</style></head><body>
 baseline <b>{html.escape(result.baseline)}</b>; selected <b>{html.escape(result.selected or 'none')}</b>.
 Machine: {html.escape(str(d['machine'].get('cpu')))}, {d['threads']} threads. Bench input {d['bench_input_shape']}.</p>
 <table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
+{roof}
 <h2>Metric vs latency</h2><img alt="pareto" src="data:image/png;base64,{img}">
 <h2>Selection, conditions, deploy</h2><pre style="white-space:pre-wrap">{html.escape(md_text[md_text.find("## How the selection"):] if "## How the selection" in md_text else "")}</pre>
 {('<h2>Per-node sensitivity (mixed precision)</h2><table><tr><th>node</th><th>op</th><th>local SQNR dB</th><th>output SQNR dB</th><th>kept fp32</th></tr>' + sens + '</table>') if sens else ''}

@@ -115,6 +115,7 @@ class Candidate:
     seconds: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     cached: bool = False
+    roofline: dict[str, Any] = field(default_factory=dict)  # estimates on chip profiles (edgeslim.profiles), not measured
 
     def to_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items()}
@@ -139,6 +140,7 @@ class StudyResult:
     provenance: dict = field(default_factory=dict)  # command line, versions, hashes, cache use
     task: Any = field(default=None, repr=False)  # the bound task (pre/post-processing of the selection)
     workdir: Path | None = None
+    profiles: list[dict] = field(default_factory=list)  # the chip profiles behind each candidate's `roofline`
 
     def candidate(self, cid: str) -> Candidate:
         return next(c for c in self.candidates if c.id == cid)
@@ -165,6 +167,7 @@ class StudyResult:
             "data": self.data,
             "config": cfg,
             **self.provenance,
+            "profiles": self.profiles,
             "seconds": round(self.seconds, 1),
         }
 
@@ -339,6 +342,44 @@ def _apply_bench(c: Candidate, r: BenchResult) -> None:
     c.latency_ms, c.speedup, c.speedup_range, c.ratios = r.latency(), r.speedup(), r.speedup_range(), list(r.ratios)
     c.info["peak_rss_mb"] = round(r.peak_rss_mb, 1)
     c.info["bench_repeats_per_round"] = r.repeats
+
+
+def _attach_roofline(cands: list[Candidate], workdir: Path, model_path: str, shapes: dict[str, tuple], threads: int,
+                     progress: Progress) -> list[dict]:
+    """Roofline estimates of every built candidate on every chip profile and the measured host (`c.roofline`);
+    returns the profiles' summaries. The graph is counted once per candidate artifact; an engine artifact that is not
+    ONNX (MNN, ncnn) is estimated from the ONNX model it was converted from, at the candidate's precision. The host
+    profile is cached per CPU whatever `--no-cache` says (it describes the machine, not the run). A failure here
+    leaves an `error` in the candidate's estimates; the study goes on."""
+    from .profiles import candidate_precision, graph_costs, load_profiles, roofline
+
+    try:
+        profiles = load_profiles(include_host=True, threads=threads)
+    except Exception as e:
+        for c in cands:
+            c.roofline = {"error": f"profiles unavailable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"}
+        return []
+    built = [c for c in cands if c.status != "failed" and c.artifact]
+    counted: dict[str, list] = {}
+    for i, c in enumerate(built):
+        progress("roofline estimates", i, len(built))
+        art = workdir / c.artifact
+        is_onnx = art.suffix == ".onnx"
+        src = art if is_onnx else Path(model_path)
+        prec, note = candidate_precision(c.recipe, c.engine)
+        try:
+            if str(src) not in counted:
+                counted[str(src)] = graph_costs(load_onnx(src), shapes)
+            costs = counted[str(src)]
+            est = {p.name: roofline(costs, prec, p).to_dict() for p in profiles}
+        except Exception as e:
+            c.roofline = {"precision": prec, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            continue
+        c.roofline = {"precision": prec, "note": note,
+                      "graph": "the candidate's ONNX" if is_onnx else f"the ONNX it was converted from ({c.engine} artifact is not ONNX)",
+                      "estimates": {k: {f: v[f] for f in ("ms", "bound", "reason")} for k, v in est.items()}}
+    progress("roofline estimates", len(built), len(built))
+    return [p.summary() for p in profiles]
 
 
 def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = None, command: list[str] | None = None) -> StudyResult:
@@ -586,6 +627,7 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
                                                          for r in t.get("noise_reasons", [])}),
                       confirm=[c.id for c in confirm], confirm_rounds=max(2 * config.rounds, 7), other_policy=other)
     shape = [int(s) for s in next(iter(feeds.values())).shape]
+    profiles = _attach_roofline(cands, workdir, config.model, {k: tuple(v.shape) for k, v in feeds.items()}, config.threads, prog)
     provenance = {"command": command if command is not None else list(sys.argv), "versions": vers,
                   "model_sha256": model_hash, "cache": {"enabled": cache.enabled, "hits": cache.hits, "misses": cache.misses}}
     return StudyResult(
@@ -593,5 +635,5 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
         baseline=base.id, selected=selected.id if selected else None, candidates=cands,
         machine=mach, bench_input_shape=shape, telemetry=screen_tel, selection=selection, bench=bench_info,
         data={"calib": len(calib), "eval": len(ev), "source": config.data or "bundled", "sha256": data_hash},
-        provenance=provenance, task=task, workdir=workdir, seconds=time.time() - t_start,
+        provenance=provenance, task=task, workdir=workdir, seconds=time.time() - t_start, profiles=profiles,
     )
