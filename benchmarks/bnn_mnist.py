@@ -4,7 +4,9 @@ end-to-end latency of the bit-packed model (numba kernels) vs the fp32 model on 
 Data: the MNIST test set (10,000 images, IDX) read from ``--data`` (default ../shared/data
 relative to the repository root), split deterministically 80/20 into train/test (seed 0).
 The binary models use the two-step recipe (binary activations + real weights, then binary
-weights); the fp32 model trains for the same total number of epochs.
+weights); the fp32 model trains for the same total number of epochs. All three train on the same random shifts of
+up to ``--shift`` pixels; ReActNet's downsampling shortcuts are real 1x1 convs + BN (``--downsample proj``) or
+parameter-free average pooling with channel duplication (``pool``).
 
     python benchmarks/bnn_mnist.py [--epochs 2] [--train-size 8000] [--rounds 30]
 
@@ -38,7 +40,7 @@ import torch  # noqa: E402
 
 from edgeslim.train.bnn import MnistBNN, export_packed  # noqa: E402
 from edgeslim.train.data import load_mnist, split  # noqa: E402
-from edgeslim.train.loop import FitConfig, evaluate, fit, two_step  # noqa: E402
+from edgeslim.train.loop import FitConfig, evaluate, fit, random_shift, two_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +83,8 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=8000)
     ap.add_argument("--widths", default="16,32,32,64,64")
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--shift", type=int, default=2, help="random shift augmentation, pixels (0: none)")
+    ap.add_argument("--downsample", choices=["pool", "proj"], default="proj", help="ReActNet's downsampling shortcut")
     ap.add_argument("--cache", type=Path, default=None,
                     help="folder (outside the repo) to save trained weights in and reuse on the next run")
     args = ap.parse_args()
@@ -100,19 +104,21 @@ def main() -> None:
     cfg1 = FitConfig(epochs=args.epochs, lr=2e-3, batch_size=64, seed=0)
     cfg2 = FitConfig(epochs=args.epochs, lr=1e-3, batch_size=64, seed=1)
     models, acc, train_s = {}, {}, {}
+    aug = random_shift(args.shift) if args.shift else None
     for kind in ("fp32", "xnor", "reactnet"):
         torch.manual_seed(0)
-        m = MnistBNN(kind, widths=widths)
+        m = MnistBNN(kind, widths=widths, downsample=args.downsample)
         t = time.perf_counter()
         tag = (f"{kind}-w{'-'.join(map(str, widths))}-e{args.epochs}-n{len(tr)}-d{int(args.distill)}-"
+               f"s{args.shift}-{args.downsample}-"
                f"{code_version()}.pt")  # keyed by the training code too, not by shape only
         if args.cache is not None and (args.cache / tag).is_file():
             m.load_state_dict(torch.load(args.cache / tag))
             m.eval()
         elif kind == "fp32":
-            fit(m, x[tr], y[tr], FitConfig(epochs=2 * args.epochs, lr=2e-3, batch_size=64, seed=0))
+            fit(m, x[tr], y[tr], FitConfig(epochs=2 * args.epochs, lr=2e-3, batch_size=64, seed=0), augment=aug)
         else:
-            two_step(m, x[tr], y[tr], cfg1, cfg2, teacher=models["fp32"] if args.distill else None)
+            two_step(m, x[tr], y[tr], cfg1, cfg2, teacher=models["fp32"] if args.distill else None, augment=aug)
         train_s[kind] = time.perf_counter() - t
         if args.cache is not None and not (args.cache / tag).is_file():
             args.cache.mkdir(parents=True, exist_ok=True)
@@ -170,7 +176,8 @@ def main() -> None:
             if batch == 1 and k == "xnor packed (numba)":
                 lat_ratio = statistics.median(r)
 
-    print(f"\ntraining: {args.epochs}+{args.epochs} epochs, distill={args.distill}, train {len(tr)}, test {len(te)}")
+    print(f"\ntraining: {args.epochs}+{args.epochs} epochs, distill={args.distill}, shift={args.shift}, "
+          f"downsample={args.downsample}, train {len(tr)}, test {len(te)}")
     print(f"\nRESULT fp32_acc={acc['fp32']:.4f} xnor_acc={acc['xnor']:.4f} reactnet_acc={acc['reactnet']:.4f} "
           f"packed_vs_fp32_latency={lat_ratio:.2f}")
 

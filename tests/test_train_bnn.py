@@ -120,11 +120,13 @@ def mnist_small():
     return x[tr[:192]], y[tr[:192]], x[te[:200]], y[te[:200]]
 
 
-@pytest.mark.parametrize("kind", ["xnor", "reactnet"])
-def test_packed_export_matches_torch(kind, mnist_small, tmp_path):
+@pytest.mark.parametrize("kind,downsample", [("xnor", "pool"), ("reactnet", "pool"), ("reactnet", "proj")])
+def test_packed_export_matches_torch(kind, downsample, mnist_small, tmp_path):
     xtr, ytr, xte, yte = mnist_small
     torch.manual_seed(0)
-    model = MnistBNN(kind, widths=(9, 18, 36, 72, 72))  # 72: channels not a multiple of 64
+    model = MnistBNN(kind, widths=(9, 18, 36, 72, 72), downsample=downsample)  # 72: channels not a multiple of 64
+    if downsample == "proj":  # a real 1x1 conv + BN shortcut where the shape changes, and none where it does not
+        assert [b.proj is not None for b in model.blocks] == [True, True, True, False]
     with pytest.raises(RecipeError):
         set_binarization(model, activations=True, weights=False)
         export_packed(model)
@@ -143,6 +145,7 @@ def test_packed_export_matches_torch(kind, mnist_small, tmp_path):
     again = load_packed(tmp_path / "bnn.npz")
     np.testing.assert_allclose(again.run(xte[:20].numpy()), got[:20], rtol=1e-5, atol=1e-5)
     assert [b.w_packed.shape for b in packed.blocks] == [(3, 3, 1, 18), (3, 3, 1, 36), (3, 3, 1, 72), (3, 3, 2, 72)]
+    assert [b.proj is not None for b in again.blocks] == [b.proj is not None for b in model.blocks]
 
 
 def test_export_rejects_fp32_and_load_rejects_junk(tmp_path):
@@ -189,3 +192,19 @@ def test_distributional_loss_pulls_the_student_to_the_teacher():
     assert (after - target).abs().mean() < 0.25 * (before - target).abs().mean()
     assert (after.argmax(1) == target.argmax(1)).float().mean() > 0.95
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_random_shift_moves_each_image_by_its_own_offset():
+    from edgeslim.train.loop import random_shift
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((64, 1, 10, 10), -1.0)
+    x[:, 0, 4, 5] = 3.0  # one bright pixel per image at (4, 5)
+    out = random_shift(2)(x, g)
+    assert out.shape == x.shape
+    pos = [divmod(int(i), 10) for i in out.view(64, -1).argmax(1)]
+    dys, dxs = {p[0] - 4 for p in pos}, {p[1] - 5 for p in pos}
+    assert dys <= set(range(-2, 3)) and dxs <= set(range(-2, 3))
+    assert len(set(pos)) >= 10  # offsets differ between images of one batch
+    assert torch.all(out.view(64, -1).max(1).values == 3.0) and float(out.min()) == -1.0  # nothing lost, border filled
+    assert torch.equal(random_shift(0)(x, g), x)

@@ -27,6 +27,7 @@ class PackedBlock:
     beta: np.ndarray | None = None  # RSign threshold (reactnet)
     rprelu: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # gamma, slope, zeta
     shortcut: bool = False
+    proj: tuple[np.ndarray, np.ndarray] | None = None  # real 1x1 conv of the downsampling shortcut: [O, C], [O]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +62,7 @@ class PackedBNN:
         """Bytes of all weights (packed binary layers + real stem/classifier)."""
         arrays = [self.stem_w, self.stem_b, self.fc_w, self.fc_b]
         for b in self.blocks:
-            arrays += [b.w_packed, b.scale, b.shift]
+            arrays += [b.w_packed, b.scale, b.shift] + (list(b.proj) if b.proj is not None else [])
         return int(sum(a.nbytes for a in arrays))
 
     def _stem(self, x: np.ndarray) -> np.ndarray:
@@ -89,7 +90,7 @@ class PackedBNN:
             else:
                 dot = bk.binary_conv2d(bk.pack_bits(h - blk.beta), self._weights[i], blk.cin, blk.stride, 1)
                 y = dot * blk.scale + blk.shift
-                y = y + _np_shortcut(h, blk.stride, blk.cout)
+                y = y + _np_shortcut(h, blk.stride, blk.cout, blk.proj)
                 gamma, slope, zeta = blk.rprelu
                 y = y - gamma
                 h = (np.where(y >= 0, y, y * slope) + zeta).astype(np.float32)
@@ -130,10 +131,12 @@ def _stem_kernel():
     return _STEM[0]
 
 
-def _np_shortcut(h: np.ndarray, stride: int, cout: int) -> np.ndarray:
+def _np_shortcut(h: np.ndarray, stride: int, cout: int, proj=None) -> np.ndarray:
     if stride > 1:
         b, hh, ww, c = h.shape
         h = h[:, : hh // stride * stride, : ww // stride * stride].reshape(b, hh // stride, stride, ww // stride, stride, c).mean(axis=(2, 4))
+    if proj is not None:
+        return h @ proj[0].T + proj[1]
     if cout == 2 * h.shape[-1]:
         h = np.concatenate([h, h], axis=-1)
     return h
@@ -150,6 +153,8 @@ def save_packed(packed: PackedBNN, path) -> None:
             arrays[f"b{i}_beta"] = b.beta
         if b.rprelu is not None:
             arrays[f"b{i}_rprelu"] = np.stack(b.rprelu)
+        if b.proj is not None:
+            arrays[f"b{i}_proj_w"], arrays[f"b{i}_proj_b"] = b.proj
     np.savez(path, **arrays)
 
 
@@ -165,7 +170,8 @@ def load_packed(path) -> PackedBNN:
             rp = z[f"b{i}_rprelu"] if f"b{i}_rprelu" in z else None
             blocks.append(PackedBlock(w_packed=z[f"b{i}_w"], cin=cin, cout=cout, stride=stride, scale=z[f"b{i}_scale"],
                                       shift=z[f"b{i}_shift"], beta=z[f"b{i}_beta"] if f"b{i}_beta" in z else None,
-                                      rprelu=tuple(rp) if rp is not None else None, shortcut=bool(shortcut)))
+                                      rprelu=tuple(rp) if rp is not None else None, shortcut=bool(shortcut),
+                                      proj=(z[f"b{i}_proj_w"], z[f"b{i}_proj_b"]) if f"b{i}_proj_w" in z else None))
         return PackedBNN(kind=str(z["kind"]), stem_w=z["stem_w"], stem_b=z["stem_b"], blocks=tuple(blocks),
                          fc_w=z["fc_w"], fc_b=z["fc_b"])
     except (OSError, KeyError, ValueError) as e:

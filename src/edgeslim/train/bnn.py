@@ -195,15 +195,22 @@ class Block(nn.Module):
 
     ``fp32``: real conv, ReLU. ``xnor``: sign -> binary conv (alpha) -> BN, no shortcut (the next
     layer's sign is the nonlinearity). ``reactnet``: RSign -> binary conv -> BN -> + real shortcut
-    (Bi-Real; average-pooled and channel-duplicated when the shape changes) -> RPReLU.
+    (Bi-Real) -> RPReLU. Where the shape changes the shortcut is average-pooled, then either channel-duplicated
+    (``downsample="pool"``, no parameters) or passed through a real 1x1 conv + BN (``downsample="proj"``, the
+    real-valued downsampling shortcut of Bi-Real Net and ReActNet's ResNet variant).
     """
 
-    def __init__(self, cin: int, cout: int, stride: int, kind: str) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, kind: str, downsample: str = "pool") -> None:
         super().__init__()
         BNN_KINDS.get(kind)
-        if kind == "reactnet" and cout not in (cin, 2 * cin):
+        if downsample not in ("pool", "proj"):
+            raise InvalidParameterError(f"downsample={downsample!r} is not one of ['pool', 'proj'].")
+        if kind == "reactnet" and downsample == "pool" and cout not in (cin, 2 * cin):
             raise InvalidParameterError(f"a reactnet Block needs cout == cin or 2*cin for its shortcut; got {cin} -> {cout}.")
         self.kind, self.cin, self.cout, self.stride = kind, cin, cout, stride
+        self.proj = None
+        if kind == "reactnet" and downsample == "proj" and (stride > 1 or cout != cin):
+            self.proj = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
         if kind == "fp32":
             self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
             self.act = nn.ReLU()
@@ -218,6 +225,8 @@ class Block(nn.Module):
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = F.avg_pool2d(x, self.stride)
+        if self.proj is not None:
+            return self.proj(x)
         if self.cout == 2 * self.cin:
             x = torch.cat([x, x], dim=1)
         return x
@@ -235,7 +244,7 @@ class MnistBNN(nn.Module):
     last layers stay real, as in XNOR-Net, Bi-Real and ReActNet."""
 
     def __init__(self, kind: str = "xnor", widths: tuple[int, ...] = (32, 64, 64, 128, 128),
-                 strides: tuple[int, ...] = (2, 1, 2, 1), num_classes: int = 10) -> None:
+                 strides: tuple[int, ...] = (2, 1, 2, 1), num_classes: int = 10, downsample: str = "pool") -> None:
         super().__init__()
         BNN_KINDS.get(kind)
         if len(strides) != len(widths) - 1:
@@ -245,7 +254,7 @@ class MnistBNN(nn.Module):
         self.stem_bn = nn.BatchNorm2d(widths[0])
         self.stem_act = nn.ReLU() if kind == "fp32" else nn.Identity()
         self.blocks = nn.ModuleList(
-            Block(widths[i], widths[i + 1], strides[i], kind) for i in range(len(strides))
+            Block(widths[i], widths[i + 1], strides[i], kind, downsample) for i in range(len(strides))
         )
         self.fc = nn.Linear(widths[-1], num_classes)
 
@@ -290,6 +299,10 @@ def export_packed(model: MnistBNN) -> PackedBNN:
                 rprelu=tuple(p.detach().numpy().astype(np.float32) for p in (act.gamma, act.slope, act.zeta)),
                 shortcut=True,
             )
+            if blk.proj is not None:  # real 1x1 conv + BN of the downsampling shortcut, BN folded: [O, C] and [O]
+                p_scale, p_shift = _fold_bn(blk.proj[1])
+                pw = blk.proj[0].weight.detach().double().numpy()[:, :, 0, 0] * p_scale[:, None]
+                kw["proj"] = (pw.astype(np.float32), p_shift.astype(np.float32))
         pb = PackedBlock(w_packed=bk.pack_conv_weight(w.numpy()), cin=blk.cin, cout=blk.cout, stride=blk.stride,
                          scale=bn_scale * alpha, shift=bn_shift, **kw)
         blocks.append(pb)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import InvalidParameterError
 
-__all__ = ["FitConfig", "fit", "evaluate", "two_step", "distill_step"]
+__all__ = ["FitConfig", "fit", "evaluate", "two_step", "distill_step", "random_shift"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,11 +47,13 @@ def fit(
     *,
     step_fn: Callable[[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor], float] | None = None,
     progress: Callable[[int, float], None] | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> list[float]:
     """Train ``model`` on ``(x, y)``; returns the mean loss of each epoch.
 
     ``step_fn(model, optimizer, xb, yb) -> loss`` replaces the plain fp32 step (the AMP
-    helper supplies one); ``progress(epoch, loss)`` is called after each epoch.
+    helper supplies one); ``progress(epoch, loss)`` is called after each epoch;
+    ``augment(xb, generator)`` transforms each training batch (e.g. :func:`random_shift`).
     """
     if len(x) != len(y) or len(x) == 0:
         raise InvalidParameterError(f"x and y need the same non-zero length; got {len(x)} and {len(y)}.")
@@ -68,7 +70,8 @@ def fit(
         total, count = 0.0, 0
         for i in range(0, len(x), config.batch_size):
             idx = perm[i : i + config.batch_size]
-            total += step(model, opt, x[idx], y[idx]) * len(idx)
+            xb = x[idx] if augment is None else augment(x[idx], g)
+            total += step(model, opt, xb, y[idx]) * len(idx)
             count += len(idx)
             sched.step()
         losses.append(total / count)
@@ -94,6 +97,28 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     for i in range(0, len(x), batch_size):
         correct += int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
     return correct / max(1, len(x))
+
+
+def random_shift(max_px: int = 2) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """Augmentation: move each image of an NCHW batch by its own random offset of up to ``max_px`` pixels in x and y,
+    filling the uncovered border with the batch's minimum (the background of normalised digits)."""
+    if max_px < 0:
+        raise InvalidParameterError(f"random_shift needs max_px >= 0; got {max_px}.")
+
+    def shift(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if max_px == 0:
+            return xb
+        h, w = xb.shape[-2:]
+        padded = nn.functional.pad(xb, (max_px,) * 4, value=float(xb.min()))
+        off = torch.randint(0, 2 * max_px + 1, (xb.shape[0], 2), generator=g)
+        out = torch.empty_like(xb)
+        for k in torch.unique(off[:, 0] * (2 * max_px + 1) + off[:, 1]).tolist():
+            dy, dx = divmod(k, 2 * max_px + 1)
+            sel = (off[:, 0] == dy) & (off[:, 1] == dx)
+            out[sel] = padded[sel, :, dy : dy + h, dx : dx + w]
+        return out
+
+    return shift
 
 
 def distill_step(teacher: nn.Module, ce_weight: float = 0.0):
@@ -127,6 +152,7 @@ def two_step(
     *,
     teacher: nn.Module | None = None,
     progress: Callable[[int, float], None] | None = None,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Two-step BNN training: binary activations + real weights, then everything binary
     (weights start from step 1's real values). With `teacher`, both steps use the distributional loss."""
@@ -134,7 +160,7 @@ def two_step(
 
     step_fn = distill_step(teacher) if teacher is not None else None
     set_binarization(model, activations=True, weights=False)
-    l1 = fit(model, x, y, step1, step_fn=step_fn, progress=progress)
+    l1 = fit(model, x, y, step1, step_fn=step_fn, progress=progress, augment=augment)
     set_binarization(model, activations=True, weights=True)
-    l2 = fit(model, x, y, step2, step_fn=step_fn, progress=progress)
+    l2 = fit(model, x, y, step2, step_fn=step_fn, progress=progress, augment=augment)
     return l1, l2
