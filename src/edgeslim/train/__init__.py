@@ -1,6 +1,6 @@
 """Low-bit training in PyTorch: mixed precision (:mod:`.amp`), quantization-aware training
 (:mod:`.qat`), binary networks and their packed export (:mod:`.bnn`), a small training loop
-(:mod:`.loop`) and dataset readers (:mod:`.data`). Submodules load lazily, so importing
+(:mod:`.loop`), dataset readers (:mod:`.data`) and Reformer's LSH attention (:mod:`.reformer`). Submodules load lazily, so importing
 ``edgeslim.train`` does not import torch."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["amp", "bnn", "data", "loop", "qat"]
+__all__ = ["amp", "bnn", "data", "loop", "qat", "reformer"]
 
 
 def __getattr__(name: str) -> Any:
