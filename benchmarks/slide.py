@@ -249,8 +249,9 @@ def _markdown(out, res, stem) -> str:
                      f"{r.stats['active_fraction']:.5f} |")
     lines += [
         "",
-        f"Speedup in time to target P@1, dense / SLIDE: **{s['speedup_time_to_p1']:.2f}x** (target >= 3x). "
-        f"LSH recall of the true top-5 logits (label-free active set, trained SLIDE net, 1000 test samples): "
+        "Speedup in time to this dense target, dense / SLIDE: "
+        + (f"**{s['speedup_time_to_p1']:.2f}x**. " if s['speedup_time_to_p1'] == s['speedup_time_to_p1'] else "not reached by SLIDE. ")
+        + f"LSH recall of the true top-5 logits (label-free active set, trained SLIDE net, 1000 test samples): "
         f"{s['lsh_recall_top5']:.3f}.",
         "",
         _vs_sampled_md(s["vs_sampled"]),
