@@ -201,18 +201,28 @@ def test_signal_cleans_up_and_keeps_previous_output(tmp_path, tiny, raw_data, si
     out.mkdir()
     (out / ".edgeslim").write_text(json.dumps({"tool": "edgeslim", "files": ["results.json"]}))
     (out / "results.json").write_text("previous")
+    # Ctrl-C as a terminal delivers it: a shell that starts the test run in the background (`pytest &`) leaves SIGINT
+    # ignored, and an ignored signal stays ignored across exec, so the child gets the default disposition back.
     p = subprocess.Popen([EDGESLIM, "optimize", tiny, "--task", "raw", "--data", raw_data, "--engines", "ort",
                           "--recipes", "fp32,w8", "--rounds", "200", "--no-cache", "-o", out],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc = psutil.Process(p.pid)
-    deadline = time.time() + 120
-    while time.time() < deadline and not proc.children(recursive=True):  # benchmark workers have started
-        time.sleep(0.2)
-    time.sleep(1.0)
-    kids = proc.children(recursive=True)
-    assert kids, "the run never reached the benchmark"
-    p.send_signal(sig)
-    _, err = p.communicate(timeout=60)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        proc = psutil.Process(p.pid)
+        deadline = time.time() + 120
+        while time.time() < deadline and not proc.children(recursive=True):  # benchmark workers have started
+            time.sleep(0.2)
+        time.sleep(1.0)
+        kids = proc.children(recursive=True)
+        assert kids, "the run never reached the benchmark"
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:  # never leave the run behind
+            for k in psutil.Process(p.pid).children(recursive=True):
+                k.kill()
+            p.kill()
+            p.wait()
     assert p.returncode == code, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert (out / "results.json").read_text() == "previous"
