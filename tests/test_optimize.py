@@ -79,3 +79,18 @@ def test_collapse_is_rejected_never_selected():
     c = Candidate(id="ort/z", recipe="z", engine="ort", metric=0.0249, fidelity={"exact_match": 0.9})
     _judge(task, c, 0.02, 0.005)
     assert c.status == "ok"
+
+
+def test_confirm_takes_the_top_k_and_whatever_the_screen_cannot_tell_from_the_kth():
+    from edgeslim.study import confirm_candidates
+
+    def cand(cid, speedup, lo, hi):
+        return Candidate(id=cid, recipe=cid, engine="ort", speedup=speedup, speedup_range=[lo, hi])
+
+    a, b, c = cand("a", 1.75, 1.67, 1.86), cand("b", 1.70, 1.64, 1.80), cand("c", 1.70, 1.64, 1.81)
+    close, slow = cand("close", 1.67, 1.63, 2.8), cand("slow", 1.01, 0.99, 1.4)
+    got = confirm_candidates([slow, close, c, b, a], 3)
+    assert got[0].id == "a" and {x.id for x in got[1:3]} == {"b", "c"}  # the three fastest first (b, c tie)
+    assert {x.id for x in got[3:]} == {"close"}  # 1.67 lies inside the third's range [1.64, 1.81]; 1.01 does not
+    assert [x.id for x in confirm_candidates([slow, a], 1)] == ["a"]
+    assert confirm_candidates([a, b], 0) == []

@@ -106,7 +106,7 @@ def optimize(
     engines: Optional[str] = typer.Option(None, "--engines", help="Engines to explore beside ort, e.g. mnn,ncnn (default: every installed one; 'ort' for none)."),
     engine_precisions: Optional[str] = typer.Option(None, "--engine-precisions", help="Exact engine:precision list, e.g. mnn:int8,ncnn:bf16."),
     rounds: Optional[int] = typer.Option(None, "--rounds", help="Alternating benchmark rounds [default: 5]."),
-    confirm_top: Optional[int] = typer.Option(None, "--confirm-top", help="Fastest candidates re-measured head to head before selecting [default: 3; 0: no confirmation]."),
+    confirm_top: Optional[int] = typer.Option(None, "--confirm-top", help="Fastest candidates re-measured head to head before selecting, with any the screen cannot tell from the last of them [default: 3; 0: no confirmation]."),
     cpu: Optional[str] = typer.Option(None, "--cpu", help="Thread-pool policy that selects: dedicated (idle CPU, spinning pools) | shared (busy CPU, passive) [default: dedicated]."),
     outdir: Optional[Path] = typer.Option(None, "-o", "--outdir", help="Output folder [default: edgeslim-out]; replaced atomically at the end, only if edgeslim wrote it."),
     force: Optional[bool] = typer.Option(None, "--force", help="Replace an edgeslim output folder even if files were added to it."),

@@ -344,6 +344,19 @@ def _apply_bench(c: Candidate, r: BenchResult) -> None:
     c.info["bench_repeats_per_round"] = r.repeats
 
 
+def confirm_candidates(timed: list[Candidate], k: int) -> list[Candidate]:
+    """The candidates the confirm phase re-measures: the `k` fastest in the screen, and every other candidate whose
+    screen speedup lies inside the k-th's range of per-round ratios (the screen cannot tell it from the k-th, so
+    leaving it out would decide on noise)."""
+    ranked = sorted(timed, key=lambda c: -(c.speedup or 0))
+    top = ranked[:k]
+    if not top:
+        return []
+    kth = top[-1]
+    floor = min(kth.speedup_range) if kth.speedup_range else kth.speedup or 0.0
+    return top + [c for c in ranked[k:] if (c.speedup or 0.0) >= floor]
+
+
 def _attach_roofline(cands: list[Candidate], workdir: Path, model_path: str, shapes: dict[str, tuple], threads: int,
                      progress: Progress) -> list[dict]:
     """Roofline estimates of every built candidate on every chip profile and the measured host (`c.roofline`);
@@ -591,7 +604,7 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
     for r in run_phase("screen", built, config.rounds, config.cpu):
         _apply_bench(by_id[r.id], r)
     timed = [c for c in cands if c.status == "ok" and c.speedup is not None and c is not base]
-    top = sorted(timed, key=lambda c: -(c.speedup or 0))[: config.confirm_top]
+    top = confirm_candidates(timed, config.confirm_top)
     simple = next((c for c in timed if c.recipe == "fp32" and c.engine == config.engine), None)
     confirm = [base] + [c for c in cands if c in top or c is simple]
     if base.status != "failed" and len(confirm) > 1 and config.confirm_top > 0:
