@@ -100,68 +100,47 @@ def _conv_case(kind: str, c: int, hw: int, mode: str, prec: str = "fp32") -> tup
         w_shape, attrs = (c, c, 1, 1), {"kernel_shape": [1, 1]}
     else:
         w_shape, attrs = (c, 1, 3, 3), {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "group": c}
-    macs = c * hw * hw * int(np.prod(w_shape[1:]))
     w = (_RNG.random(w_shape, dtype=np.float32) - 0.5) * 0.2
-    if mode == "float":
-        et, dt = _FLOAT[prec]
-        inits = [numpy_helper.from_array(w.astype(dt), "w")]
-        model = _model([helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], [_vi("x", et, x_shape)],
-                       [_vi("y", et, x_shape)], inits)
-        return model, {"x": _float_input(x_shape, prec)}, macs
-    wq = np.clip(np.round(w / 0.002), -127, 127).astype(np.int8)
-    x8 = _RNG.integers(0, 255, x_shape, dtype=np.uint8)
-    if mode == "qdq":
-        inits = [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(np.full(c, 0.002, np.float32), "ws"),
-                 numpy_helper.from_array(np.zeros(c, np.int8), "wz"), numpy_helper.from_array(np.array(0.02, np.float32), "s"),
-                 numpy_helper.from_array(np.array(128, np.uint8), "z"), numpy_helper.from_array(np.array(0.05, np.float32), "so")]
-        nodes = [helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x"]),
-                 helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
-                 helper.make_node("Conv", ["x", "w"], ["y"], **attrs),
-                 helper.make_node("QuantizeLinear", ["y", "so", "z"], ["yq"])]
-        return _model(nodes, [_vi("xq", TensorProto.UINT8, x_shape)], [_vi("yq", TensorProto.UINT8, x_shape)], inits), {"xq": x8}, macs
-    if mode == "integer":
-        inits = [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(np.array(128, np.uint8), "z")]
-        nodes = [helper.make_node("ConvInteger", ["xq", "wq", "z"], ["y"], **attrs)]
-        return _model(nodes, [_vi("xq", TensorProto.UINT8, x_shape)], [_vi("y", TensorProto.INT32, x_shape)], inits), {"xq": x8}, macs
-    # rtw: float activations, int8 weights dequantized at every run
-    inits = [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(np.full(c, 0.002, np.float32), "ws"),
-             numpy_helper.from_array(np.zeros(c, np.int8), "wz")]
-    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
-             helper.make_node("Conv", ["x", "w"], ["y"], **attrs)]
-    return (_model(nodes, [_vi("x", TensorProto.FLOAT, x_shape)], [_vi("y", TensorProto.FLOAT, x_shape)], inits),
-            {"x": _float_input(x_shape, "fp32")}, macs)
+    return (*_weighted_case("Conv", attrs, w, 0, x_shape, mode, prec), c * hw * hw * int(np.prod(w_shape[1:])))
 
 
 def _matmul_case(n: int, mode: str, prec: str = "fp32") -> tuple[bytes, dict, int]:
     """(model, feeds, MACs) of an [n, n] x [n, n] MatMul with constant weights."""
     w = (_RNG.random((n, n), dtype=np.float32) - 0.5) * 0.2
-    macs = n ** 3
+    return (*_weighted_case("MatMul", {}, w, 1, (n, n), mode, prec), n ** 3)
+
+
+def _weighted_case(op: str, attrs: dict, w: np.ndarray, w_axis: int, x_shape: tuple, mode: str, prec: str):
+    """One `op` node (Conv or MatMul, output shaped like its input) with constant weights `w`, as the candidates'
+    recipes emit it: `float` (fp32/fp16 weights), `qdq` (int8 activations and per-channel weights along `w_axis`
+    through Q/DQ), `integer` (ConvInteger / MatMulInteger) or `rtw` (float activations, int8 weights dequantized at
+    every run). Returns (model, feeds)."""
     if mode == "float":
         et, dt = _FLOAT[prec]
-        model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", et, (n, n))], [_vi("y", et, (n, n))],
-                       [numpy_helper.from_array(w.astype(dt), "w")])
-        return model, {"x": _float_input((n, n), prec)}, macs
+        model = _model([helper.make_node(op, ["x", "w"], ["y"], **attrs)], [_vi("x", et, x_shape)],
+                       [_vi("y", et, x_shape)], [numpy_helper.from_array(w.astype(dt), "w")])
+        return model, {"x": _float_input(x_shape, prec)}
+    c = w.shape[w_axis]
     wq = np.clip(np.round(w / 0.002), -127, 127).astype(np.int8)
-    x8 = _RNG.integers(0, 255, (n, n), dtype=np.uint8)
+    w_inits = [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(np.full(c, 0.002, np.float32), "ws"),
+               numpy_helper.from_array(np.zeros(c, np.int8), "wz")]
+    dq_w = helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=w_axis)
+    x8 = _RNG.integers(0, 255, x_shape, dtype=np.uint8)
     if mode == "qdq":
-        inits = [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(np.full(n, 0.002, np.float32), "ws"),
-                 numpy_helper.from_array(np.zeros(n, np.int8), "wz"), numpy_helper.from_array(np.array(0.02, np.float32), "s"),
-                 numpy_helper.from_array(np.array(128, np.uint8), "z"), numpy_helper.from_array(np.array(0.05, np.float32), "so")]
-        nodes = [helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x"]),
-                 helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1),
-                 helper.make_node("MatMul", ["x", "w"], ["y"]),
+        inits = w_inits + [numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+                           numpy_helper.from_array(np.array(128, np.uint8), "z"),
+                           numpy_helper.from_array(np.array(0.05, np.float32), "so")]
+        nodes = [helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x"]), dq_w,
+                 helper.make_node(op, ["x", "w"], ["y"], **attrs),
                  helper.make_node("QuantizeLinear", ["y", "so", "z"], ["yq"])]
-        return _model(nodes, [_vi("xq", TensorProto.UINT8, (n, n))], [_vi("yq", TensorProto.UINT8, (n, n))], inits), {"xq": x8}, macs
+        return _model(nodes, [_vi("xq", TensorProto.UINT8, x_shape)], [_vi("yq", TensorProto.UINT8, x_shape)], inits), {"xq": x8}
     if mode == "integer":
         inits = [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(np.array(128, np.uint8), "z")]
-        nodes = [helper.make_node("MatMulInteger", ["xq", "wq", "z"], ["y"])]
-        return _model(nodes, [_vi("xq", TensorProto.UINT8, (n, n))], [_vi("y", TensorProto.INT32, (n, n))], inits), {"xq": x8}, macs
-    inits = [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(np.full(n, 0.002, np.float32), "ws"),
-             numpy_helper.from_array(np.zeros(n, np.int8), "wz")]
-    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1),
-             helper.make_node("MatMul", ["x", "w"], ["y"])]
-    return (_model(nodes, [_vi("x", TensorProto.FLOAT, (n, n))], [_vi("y", TensorProto.FLOAT, (n, n))], inits),
-            {"x": _float_input((n, n), "fp32")}, macs)
+        nodes = [helper.make_node(op + "Integer", ["xq", "wq", "z"], ["y"], **attrs)]
+        return _model(nodes, [_vi("xq", TensorProto.UINT8, x_shape)], [_vi("y", TensorProto.INT32, x_shape)], inits), {"xq": x8}
+    nodes = [dq_w, helper.make_node(op, ["x", "w"], ["y"], **attrs)]
+    return (_model(nodes, [_vi("x", TensorProto.FLOAT, x_shape)], [_vi("y", TensorProto.FLOAT, x_shape)], w_inits),
+            {"x": _float_input(x_shape, "fp32")})
 
 
 # three sizes per kernel class: the ceiling of a node is interpolated between them by its multiply-accumulates
