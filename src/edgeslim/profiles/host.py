@@ -306,31 +306,20 @@ def host_key(threads: int) -> str:
 def host_profile(threads: int = 2, cache: bool = True, refresh: bool = False, progress=None, measure: bool = True):
     """The measured `host` profile for `threads`: from the cache when this CPU was measured before, else measured
     now (about 10 s) and stored. With `measure=False` a profile that is not cached yet is None."""
+    from ..cache import Cache
     from ..zoo import cache_dir
     from . import Profile
 
-    path = cache_dir() / "profiles" / f"host-{host_key(threads)}.json"
-    data = None
-    if cache and not refresh:
-        try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict) or "peak_ops_per_s" not in data:
-                data = None
-        except (OSError, ValueError):
-            data = None
+    store, key = Cache(cache_dir() / "profiles"), host_key(threads)
+    hit = store.get("host", key) if cache and not refresh else None
+    data = hit[0] if hit is not None and "peak_ops_per_s" in hit[0] else None
     if data is None:
         if not measure:
             return None
         data = measure_host(threads, progress=progress)
         if cache:
-            try:  # a cache that cannot be written means measuring again next time, nothing worse
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=".host-", suffix=".json", dir=path.parent)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f, indent=1)
-                os.replace(tmp, path)
-            except OSError:
-                pass
+            store.drop("host", key)  # a refresh replaces the entry (the store keeps the first writer's otherwise)
+            store.put("host", key, data)
     m = data["measurement"]
     return Profile(
         name="host", title=f"this machine: {m.get('cpu')} ({m.get('threads')} threads, onnxruntime {m.get('onnxruntime')})",
