@@ -23,7 +23,7 @@ from edgeslim.train.bnn import (
     ste_sign,
 )
 from edgeslim.train.data import load_mnist, split
-from edgeslim.train.loop import FitConfig, two_step
+from edgeslim.train.loop import FitConfig, fit, recalibrate_bn, two_step
 
 DATA = next((p for p in (Path("/work/shared/data"), Path(__file__).resolve().parents[2] / "shared" / "data")
              if (p / "mnist").is_dir()), Path("/work/shared/data"))
@@ -208,3 +208,52 @@ def test_random_shift_moves_each_image_by_its_own_offset():
     assert len(set(pos)) >= 10  # offsets differ between images of one batch
     assert torch.all(out.view(64, -1).max(1).values == 3.0) and float(out.min()) == -1.0  # nothing lost, border filled
     assert torch.equal(random_shift(0)(x, g), x)
+
+
+def _conv_bn() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 3))
+
+
+def test_recalibrate_bn_sets_running_stats_to_the_data():
+    model = _conv_bn()
+    x = torch.randn(40, 1, 8, 8) * 3 + 1
+    bn = model[1]
+    bn.running_mean.fill_(5.0)
+    recalibrate_bn(model, x, batch_size=10)  # four equal batches: the mean of batch means is the data mean
+    with torch.no_grad():
+        a = model[0](x)
+    np.testing.assert_allclose(bn.running_mean.numpy(), a.mean(dim=(0, 2, 3)).numpy(), rtol=1e-5, atol=1e-5)
+    recalibrate_bn(model, x, batch_size=len(x))  # one batch: exactly the data's (unbiased) variance
+    np.testing.assert_allclose(bn.running_var.numpy(), a.transpose(0, 1).reshape(4, -1).var(dim=1).numpy(),
+                               rtol=1e-4)
+    assert bn.momentum == 0.1 and not model.training
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_fit_freeze_bn_keeps_running_stats_and_trains_the_affine(freeze):
+    model = _conv_bn()
+    x, y = torch.randn(64, 1, 8, 8) + 2, torch.randint(0, 3, (64,))
+    recalibrate_bn(model, x)
+    bn = model[1]
+    mean0, var0, w0 = bn.running_mean.clone(), bn.running_var.clone(), bn.weight.detach().clone()
+    fit(model, x * 2 + 1, y, FitConfig(epochs=2, lr=1e-2, batch_size=16, freeze_bn=freeze))  # shifted data
+    moved = not torch.allclose(bn.running_mean, mean0) or not torch.allclose(bn.running_var, var0)
+    assert moved != freeze
+    assert not torch.allclose(bn.weight.detach(), w0)  # the affine part learns either way
+
+
+def test_two_step_finetune_trains_with_frozen_recalibrated_statistics(mnist_small):
+    xtr, ytr, _, _ = mnist_small
+    torch.manual_seed(0)
+    model = MnistBNN("xnor", widths=(8, 16, 16, 32, 32))
+    cfg = FitConfig(epochs=1, lr=3e-3, batch_size=64)
+    bn = model.blocks[-1].bn
+    snaps = []  # the last block's running mean after every epoch: step 1, step 2, fine-tune x2
+    l1, l2 = two_step(model, xtr, ytr, cfg, cfg, finetune=FitConfig(epochs=2, lr=1e-4, batch_size=64),
+                      progress=lambda e, l: snaps.append(bn.running_mean.clone()))
+    assert len(l1) == 1 and len(l2) == 3 and len(snaps) == 4
+    assert not torch.allclose(snaps[0], snaps[1])  # statistics update during the two steps
+    assert not torch.allclose(snaps[1], snaps[2])  # recalibrated before the fine-tune, not step 2's running ones
+    assert torch.equal(snaps[2], snaps[3])  # and frozen during it

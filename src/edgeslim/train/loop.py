@@ -2,12 +2,14 @@
 
 :func:`fit` trains on in-memory tensors with Adam and a cosine schedule; :func:`two_step`
 is the BNN recipe (binary activations with real weights, then both binary; Martinez et al.,
-ICLR 2020; ReActNet, ECCV 2020). The library never prints: pass ``progress`` to observe.
+ICLR 2020; ReActNet, ECCV 2020), optionally followed by a fine-tune with batch-norm statistics
+frozen (:func:`recalibrate_bn`, ``FitConfig(freeze_bn=True)``). The library never prints: pass
+``progress`` to observe.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -15,12 +17,16 @@ from torch import nn
 
 from ..errors import InvalidParameterError
 
-__all__ = ["FitConfig", "fit", "evaluate", "two_step", "distill_step", "random_shift"]
+__all__ = ["FitConfig", "fit", "evaluate", "two_step", "distill_step", "random_shift", "recalibrate_bn"]
 
 
 @dataclass(frozen=True, kw_only=True)
 class FitConfig:
     """Training options.
+
+    ``freeze_bn``: batch-norm layers stay in eval mode while the rest trains, so they normalise with their running
+    statistics (which no longer update) and only their affine parameters learn: training then sees exactly the
+    normalisation that inference uses.
 
     >>> FitConfig(epochs=2).lr
     0.001
@@ -30,6 +36,7 @@ class FitConfig:
     lr: float = 1e-3
     batch_size: int = 64
     weight_decay: float = 0.0
+    freeze_bn: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +73,10 @@ def fit(
     losses = []
     for epoch in range(config.epochs):
         model.train()
+        if config.freeze_bn:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         perm = torch.randperm(len(x), generator=g)
         total, count = 0.0, 0
         for i in range(0, len(x), config.batch_size):
@@ -87,6 +98,28 @@ def _plain_step(model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, 
     loss.backward()
     opt.step()
     return float(loss.detach())
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> nn.Module:
+    """Replace every batch-norm layer's running statistics by their average over ``x`` (one pass, no gradients).
+
+    A binary network needs this: its pre-sign activations take few distinct values (a constant background maps to one
+    value per channel), so a running mean a little off the batch statistics training saw flips the sign of whole
+    regions at inference. The running averages of training lag weights that keep flipping signs.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    for i in range(0, len(x), batch_size):
+        model(x[i : i + batch_size])
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.eval()
+    return model
 
 
 @torch.no_grad()
@@ -153,9 +186,13 @@ def two_step(
     teacher: nn.Module | None = None,
     progress: Callable[[int, float], None] | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    finetune: FitConfig | None = None,
 ) -> tuple[list[float], list[float]]:
     """Two-step BNN training: binary activations + real weights, then everything binary
-    (weights start from step 1's real values). With `teacher`, both steps use the distributional loss."""
+    (weights start from step 1's real values). With `teacher`, both steps use the distributional loss.
+
+    ``finetune`` (a third, short stage): batch-norm statistics are recalibrated on ``x`` (`recalibrate_bn`), then the
+    binary network trains on with them frozen (``freeze_bn`` is forced on); its losses are appended to step 2's."""
     from .bnn import set_binarization
 
     step_fn = distill_step(teacher) if teacher is not None else None
@@ -163,4 +200,8 @@ def two_step(
     l1 = fit(model, x, y, step1, step_fn=step_fn, progress=progress, augment=augment)
     set_binarization(model, activations=True, weights=True)
     l2 = fit(model, x, y, step2, step_fn=step_fn, progress=progress, augment=augment)
+    if finetune is not None:
+        recalibrate_bn(model, x)
+        ft = replace(finetune, freeze_bn=True)
+        l2 = l2 + fit(model, x, y, ft, step_fn=step_fn, progress=progress, augment=augment)
     return l1, l2
