@@ -1,7 +1,10 @@
 """SLIDE vs dense full-softmax and sampled-softmax PyTorch on the same CPU cores, in one run.
 
-    python benchmarks/slide.py            # full run (about 30 min on 2 cores)
+    python benchmarks/slide.py            # full run (about 35 min on 2 cores)
     python benchmarks/slide.py --quick    # smoke run, under 10 min
+
+A fourth method, ``uniform``, is SLIDE's own trainer with the LSH turned off (only the shared uniform negatives
+SLIDE also draws): the ablation that shows what the hash tables add.
 
 Same network for all (sparse input -> EmbeddingBag-like sum -> hidden 128 ReLU -> n_labels), same
 initial weights, same loss, Adam with the same hyper-parameters, same threads. The three methods
@@ -18,6 +21,7 @@ P@1 is evaluated on 5,000 test samples (standard error about 0.7 points) and eve
 active set's recall of the exact top-5 labels (on the first 500 test samples).
 
 Ends with: RESULT labels= speedup_vs_sampled= speedup_vs_dense= slide_p1= sampled_p1= recall5= test_n=
+uniform_speedup_vs_sampled= uniform_p1=
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from edgeslim.slide.train import (  # noqa: E402
     Checkpoint, FitConfig, FitRun, fit_interleaved, make_trainer, p1_standard_error, plot_p1_vs_time, time_to_reach)
 
 HERE = Path(__file__).resolve().parent
+SLIDE_N_RANDOM = 512  # uniform negatives per batch, shared by its samples, standing in for the unsampled labels
+SLIDE_CENTER = True  # SimHash on h - mean(h)
 
 
 def machine() -> dict:
@@ -77,13 +83,17 @@ def main() -> None:
     ap.add_argument("--rescore", type=Path, default=None, help="recompute the summary of a stored run's histories")
     ap.add_argument("--memory", action="store_true", help="SLIDE alone at --labels: peak resident memory and P@1")
     ap.add_argument("--budget", type=float, default=120.0, help="training seconds of the --memory run")
+    ap.add_argument("--n-random", type=int, default=SLIDE_N_RANDOM,
+                    help="uniform negatives drawn per batch and shared by its samples (0: the paper's SLIDE)")
+    ap.add_argument("--center", action=argparse.BooleanOptionalAction, default=SLIDE_CENTER,
+                    help="hash centred hidden vectors (h - running mean) instead of h")
     args = ap.parse_args()
     if args.rescore is not None:
         return rescore(args.rescore)
     if args.memory:
-        return memory_run(args.labels, args.budget, args.out)
+        return memory_run(args.labels, args.budget, args.out, args.n_random, args.center)
     q = args.quick
-    budget = 60.0 if q else 420.0  # training seconds for each method
+    budget = 60.0 if q else 300.0  # training seconds for each method
     slide_budget = budget / 2 if q else budget
     sens_budget = 10.0 if q else 45.0
     slice_s = 5.0
@@ -114,11 +124,15 @@ def main() -> None:
         "dense": FitConfig(time_budget_s=budget, **ev),
         "sampled": FitConfig(time_budget_s=budget, **ev),
         "slide": FitConfig(time_budget_s=slide_budget, **ev),
+        "uniform": FitConfig(time_budget_s=slide_budget, **ev),
     }
     trainers = {
         "dense": make_trainer("dense", **common),
         "sampled": make_trainer("sampled", n_sampled=max_active, **common),
-        "slide": make_trainer("slide", max_active=max_active, hash=HashConfig(**slide_hash), **common),
+        "slide": make_trainer("slide", max_active=max_active, hash=HashConfig(**slide_hash), n_random=args.n_random,
+                              center_queries=args.center, **common),
+        # the ablation: the same kernels and shared uniform negatives, the LSH turned off
+        "uniform": make_trainer("uniform", n_random=args.n_random, **common),
     }
     runs = {}
     for name, tr in trainers.items():
@@ -138,21 +152,24 @@ def main() -> None:
     recall = net.topk_recall(test, eval_rows, 5)
     act_frac = res["slide"].stats["active_fraction"]
 
-    # sensitivity to K and L (SLIDE alone, sequential, same data and start)
+    # sensitivity (SLIDE alone, sequential, same data and start): the paper's SLIDE, each addition alone, and K, L
     sens = []
-    for K, L in [(10, 16), (8, 16), (12, 16), (10, 8), (10, 32), (6, 32)]:
+    nr = args.n_random
+    variants = [(10, 16, 1024, 0, False), (10, 16, 1024, 0, True), (10, 16, 1024, nr, False), (10, 16, 1024, nr, True),
+                (12, 16, 1024, nr, True), (10, 32, 1024, nr, True), (10, 16, 64, nr, True), (10, 16, 16, nr, True)]
+    for K, L, cap, n_random, center in variants:
         hc = HashConfig(**{**slide_hash, "K": K, "L": L})
-        tr = make_trainer("slide", max_active=max_active, hash=hc, **common)
+        tr = make_trainer("slide", max_active=cap, hash=hc, n_random=n_random, center_queries=center, **common)
         r = FitRun(tr, train, test, FitConfig(batch_size=batch, max_epochs=100, time_budget_s=sens_budget,
                                               eval_every_s=sens_budget / 2, eval_samples=syn.n_test))
         r.advance()
-        row = {"K": K, "L": L, "train_s": round(r.result.final.train_s, 1),
+        row = {"K": K, "L": L, "max_active": cap, "n_random": n_random, "center": center, "train_s": round(r.result.final.train_s, 1),
                "samples_per_s": round(r.result.final.samples_per_s), "p1": round(r.result.final.p1, 4),
                "p5": round(r.result.final.p5, 4), "active_fraction": r.result.stats["active_fraction"],
                "recall_top5": round(tr.net.topk_recall(test, eval_rows, 5), 4),
                "time_to_target_s": time_to_reach(r.result.history, target)}
         sens.append(row)
-        log(f"  sens K={K} L={L}: {row}")
+        log(f"  sens K={K} L={L} max_active={cap} n_random={n_random} center={center}: {row}")
     info["loadavg_end"] = os.getloadavg()
     info["wall_s"] = round(time.time() - t0)
 
@@ -165,7 +182,8 @@ def main() -> None:
         "samples_per_s": {n: r.final.samples_per_s for n, r in res.items()},
     }
     out = {"quick": q, "machine": info, "data": syn.__dict__, "lr": lr, "batch": batch, "hidden": hidden,
-           "max_active": max_active, "hash": slide_hash, "budget_s": budget, "summary": summary,
+           "max_active": max_active, "hash": slide_hash, "n_random": args.n_random, "center": args.center,
+           "budget_s": budget, "summary": summary,
            "histories": {n: r.to_dict() for n, r in res.items()}, "sensitivity": sens}
     vs = summary["vs_sampled"] = summarize({n: r.history for n, r in res.items()}, syn.n_test)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +195,8 @@ def main() -> None:
     print(f"dense-target (dense final - 1 point) speedup dense/SLIDE: {speedup:.2f}; active fraction {act_frac:.5f}")
     print(f"RESULT labels={syn.n_labels} speedup_vs_sampled={f(vs['speedup_vs_sampled'])} "
           f"speedup_vs_dense={f(vs['speedup_vs_dense'])} slide_p1={vs['final_p1']['slide']:.4f} "
-          f"sampled_p1={vs['final_p1']['sampled']:.4f} recall5={recall:.4f} test_n={syn.n_test}")
+          f"sampled_p1={vs['final_p1']['sampled']:.4f} recall5={recall:.4f} test_n={syn.n_test} "
+          f"uniform_speedup_vs_sampled={f(vs['uniform_speedup_vs_sampled'])} uniform_p1={vs['final_p1']['uniform']:.4f}")
 
 
 def summarize(histories: dict[str, list[Checkpoint]], test_n: int) -> dict:
@@ -190,6 +209,7 @@ def summarize(histories: dict[str, list[Checkpoint]], test_n: int) -> dict:
     return {"target_p1": target, "time_to_target_s": t, "final_p1": final,
             "final_p1_se": {n: round(p1_standard_error(p, test_n), 4) for n, p in final.items()},
             "speedup_vs_sampled": ratio(t["sampled"], t["slide"]), "speedup_vs_dense": ratio(t["dense"], t["slide"]),
+            "uniform_speedup_vs_sampled": ratio(t["sampled"], t["uniform"]) if "uniform" in t else None,
             "test_n": test_n}
 
 
@@ -235,7 +255,9 @@ def _markdown(out, res, stem) -> str:
         f"initial weights; Adam lr {out['lr']}, batch {out['batch']}. Dense: torch Adam on the output layer, "
         "SparseAdam on the input embedding. Sampled: uniform negatives, SparseAdam. SLIDE: lazy Adam on "
         f"active rows, SimHash K={out['hash']['K']} L={out['hash']['L']}, buckets of {out['hash']['bucket_size']} "
-        f"(FIFO), cap {out['max_active']} LSH neurons per sample, rebuild period 20 steps growing x1.1 to 400.",
+        f"(FIFO), cap {out['max_active']} LSH neurons per sample, rebuild period 20 steps growing x1.1 to 400; "
+        f"{out['n_random']} uniform negatives per batch shared by its samples (logits offset so they stand for the "
+        f"unsampled labels); queries {'centred (h - running mean)' if out['center'] else 'uncentred'}.",
         "",
         f"Target: dense final P@1 {s['dense_final_p1']:.4f} minus 1 point = {s['target_p1']:.4f} "
         f"(P@1/P@5 exact over all labels on {out['data']['n_test']} test samples; clock counts training only).",
@@ -256,14 +278,18 @@ def _markdown(out, res, stem) -> str:
         "",
         _vs_sampled_md(s["vs_sampled"]),
         "",
-        "Sensitivity to K and L (SLIDE alone, run one after another after the main run, "
-        f"{out['sensitivity'][0]['train_s']:.0f} s each from the same start; time to the same target):",
+        "Sensitivity (SLIDE alone, run one after another after the main run, "
+        f"{out['sensitivity'][0]['train_s']:.0f} s each from the same start; time to the same dense target). The "
+        "first row is the paper's SLIDE:",
         "",
-        "| K | L | P@1 | P@5 | samples/s | active fraction | recall top-5 | time to target (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| K | L | LSH cap | shared random negatives | centred queries | P@1 | P@5 | samples/s | active fraction | "
+        "recall top-5 | time to target (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in out["sensitivity"]:
-        lines.append(f"| {r['K']} | {r['L']} | {r['p1']:.4f} | {r['p5']:.4f} | {r['samples_per_s']} | "
+        lines.append(f"| {r['K']} | {r['L']} | {r.get('max_active', out['max_active'])} | {r.get('n_random', 0)} | "
+                     f"{r.get('center', False)} | {r['p1']:.4f} | "
+                     f"{r['p5']:.4f} | {r['samples_per_s']} | "
                      f"{r['active_fraction']:.5f} | {r['recall_top5']:.3f} | {f(r['time_to_target_s'])} |")
     lines += ["", f"Plot: `{stem}.png`. Plot data (training seconds, P@1):", ""]
     for n, r in res.items():
@@ -281,11 +307,14 @@ def _vs_sampled_md(v: dict) -> str:
     return (f"Against the baseline a user would pick, sampled softmax: target = its final P@1 {v['target_p1']:.4f}, "
             f"held for the rest of the run, on {v['test_n']} test samples. Time to it: SLIDE {f(t['slide'])}, "
             f"sampled {f(t['sampled'])}, dense {f(t['dense'])}; speedup sampled/SLIDE {g(v['speedup_vs_sampled'])}, "
-            f"dense/SLIDE {g(v['speedup_vs_dense'])}. Final P@1 (standard error): "
+            f"dense/SLIDE {g(v['speedup_vs_dense'])}"
+            + (f"; uniform (SLIDE's kernels, LSH off) {f(t['uniform'])}, sampled/uniform "
+               f"{g(v.get('uniform_speedup_vs_sampled'))}" if "uniform" in t else "")
+            + ". Final P@1 (standard error): "
             + ", ".join(f"{n} {p[n]:.4f} ({se[n]:.4f})" for n in p) + ".")
 
 
-def memory_run(labels: int, budget: float, outdir: Path) -> None:
+def memory_run(labels: int, budget: float, outdir: Path, n_random: int, center: bool) -> None:
     """SLIDE alone at `labels` outputs for `budget` training seconds: peak resident memory of this process (data,
     network, Adam state and hash tables all included) and the P@1 it reaches."""
     import resource
@@ -299,7 +328,7 @@ def memory_run(labels: int, budget: float, outdir: Path) -> None:
     hc = HashConfig(family="simhash", K=10, L=16, bucket_size=64, range_pow=16, rebuild_every=20,
                     rebuild_growth=1.1, rebuild_max=400)
     tr = make_trainer("slide", n_features=syn.n_features, n_labels=labels, hidden=128, lr=1e-2, max_active=1024,
-                      hash=hc, threads=THREADS)
+                      hash=hc, threads=THREADS, n_random=n_random, center_queries=center)
     res = FitRun(tr, train, test, FitConfig(batch_size=128, max_epochs=100, time_budget_s=budget,
                                             eval_every_s=budget / 4, eval_samples=syn.n_test),
                  progress=lambda c: log(f"  t={c.train_s:6.1f}s samples={c.samples} P@1={c.p1:.4f} "
@@ -308,7 +337,8 @@ def memory_run(labels: int, budget: float, outdir: Path) -> None:
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
     fin = res.result.final
     out = {"labels": labels, "budget_s": budget, "peak_rss_gb": round(peak_gb, 3), "fits_8gb": peak_gb <= 8.0,
-           "final": dataclasses.asdict(fin), "machine": machine(), "hash": dataclasses.asdict(hc)}
+           "final": dataclasses.asdict(fin), "machine": machine(), "hash": dataclasses.asdict(hc),
+           "n_random": n_random, "center": center}
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / f"slide_memory_{labels}.json").write_text(json.dumps(out, indent=1, default=float))
     print(f"RESULT labels={labels} peak_rss_gb={peak_gb:.2f} fits_8gb={str(peak_gb <= 8.0).lower()} "

@@ -87,7 +87,7 @@ def _grads(kmod, net, train, rows, n_chunks, n_random=0):
     loss, n_act = kmod.batch_grads(
         train.x_indptr, train.x_idx, train.x_val, rows, train.y_indptr, train.y_idx,
         net.W1, net.b1[0], net.W2, net.b2[:, 0], G1, Gb1, G2, Gb2, t1, t2,
-        *net.tables.hash_args, net.tables.buckets_, net.tables.fill_, net.config.max_active, n_random, 11, n_chunks)
+        *net.tables.hash_args, net.qshift_, net.tables.buckets_, net.tables.fill_, net.config.max_active, n_random, 11, n_chunks)
     return dict(G1=G1, Gb1=Gb1, G2=G2, Gb2=Gb2, t1=t1, t2=t2, loss=loss, n_act=n_act)
 
 
@@ -122,12 +122,16 @@ def test_gradients_on_active_set_match_torch_autograd(data):
     assert np.all(got["G2"][np.setdiff1d(np.arange(NL), active)] == 0)
 
 
-@pytest.mark.parametrize("family, n_chunks, n_random", [
-    ("simhash", 1, 0), ("simhash", 3, 0), ("dwta", 1, 0), ("dwta", 3, 0), ("simhash", 3, 25)])
-def test_batch_grads_numba_equals_reference(data, family, n_chunks, n_random):
+@pytest.mark.parametrize("family, n_chunks, n_random, center", [
+    ("simhash", 1, 0, False), ("simhash", 3, 0, False), ("dwta", 1, 0, False), ("dwta", 3, 0, False),
+    ("simhash", 3, 25, False), ("simhash", 3, 25, True)])
+def test_batch_grads_numba_equals_reference(data, family, n_chunks, n_random, center):
     train, _ = data
-    net = _net("numba", 30, family=family)
+    net = _net("numba", 30, family=family, center_queries=center)
     rows = np.arange(10, 40, dtype=np.int64)
+    if center:
+        net._update_center(train, np.arange(100))
+        assert np.abs(net.qshift_).max() > 0
     ref = _grads(R_, net, train, rows, 1, n_random)
     # one thread runs the chunks in turn: exact comparison, no HOGWILD races
     numba = pytest.importorskip("numba")
@@ -232,10 +236,12 @@ def test_random_negatives_add_weighted_rows_outside_the_active_set(data):
     assert more["n_act"] > base["n_act"]  # random rows were added and computed
     extra = np.flatnonzero(more["t2"] & ~base["t2"].astype(bool))
     assert extra.size > 0 and np.all(more["G2"][extra].any(axis=1))  # they receive (negative) gradient
+    # one draw of 40 shared by the five samples (per-sample draws would touch up to 200 rows)
+    shared = {R_._mix(11, i) % NL for i in range(40)}
+    assert set(extra.tolist()) <= shared and extra.size <= 40
     # the loss equals a softmax where each drawn row stands for (outside / drawn) rows
-    r = 0
     act = net.active_sets(train, rows[:1], with_labels=True)[0]
-    drawn = [j for j in (R_._mix(R_._mix(11, r), i) % NL for i in range(40))]
+    drawn = [R_._mix(11, i) % NL for i in range(40)]
     drawn = list(dict.fromkeys(j for j in drawn if j not in set(act.tolist())))
     h = torch.tensor(net.hidden(train, rows[:1])[0], dtype=torch.float64)
     ids = torch.tensor(np.concatenate([act, drawn]))
@@ -245,3 +251,55 @@ def test_random_negatives_add_weighted_rows_outside_the_active_set(data):
     expect = float(-torch.log_softmax(z, 0)[:nl].mean())
     one = _grads(R_, net, train, rows[:1], 1, 40)
     assert one["loss"] == pytest.approx(expect, rel=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_centred_queries_hash_h_minus_the_centre(data, backend):
+    """With center_queries the active set is what hashing ``h - centre`` (not ``h``) retrieves, and the centre is the
+    running mean of hidden vectors."""
+    train, _ = data
+    net = _net(backend, 10_000, center_queries=True)
+    rows = np.arange(60)
+    H_ = net.hidden(train, rows)
+    net._update_center(train, rows)
+    np.testing.assert_allclose(net.center_, H_.mean(axis=0), rtol=1e-5, atol=1e-6)
+    codes = net.tables.codes(H_ - net.center_)  # hash the centred vectors directly
+    plain = net.tables.codes(H_)
+    assert (codes != plain).any()  # centring changes which buckets are probed
+    for i, act in enumerate(net.active_sets(train, rows, with_labels=False)):
+        want = set()
+        for l, bk in enumerate(codes[i]):
+            want |= set(net.tables.buckets_[l, bk, : min(net.tables.fill_[l, bk], 16)].tolist())
+        assert set(act.tolist()) == want
+    net._update_center(train, np.arange(60, 120))  # a second batch moves the centre 30% of the way
+    np.testing.assert_allclose(net.center_, 0.7 * H_.mean(axis=0) + 0.3 * net.hidden(train, np.arange(60, 120)).mean(0),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_centring_is_set_on_the_first_step_and_refreshed_at_rebuilds(data):
+    train, _ = data
+    net = _net("numba", 30, center_queries=True)
+    assert not net.center_.any()
+    net.step(train, np.arange(32))
+    assert net.center_.any() and net.qshift_.any()
+    plain = _net("numba", 30)
+    plain.step(train, np.arange(32))
+    assert not plain.qshift_.any()
+
+
+def test_max_active_zero_turns_the_lsh_off(data):
+    """max_active=0: no hashing, no candidates; each sample's softmax runs over its labels and the batch's shared
+    uniform draw (numba and reference agree), and without a draw the config is refused."""
+    train, _ = data
+    with pytest.raises(InvalidParameterError, match="n_random"):
+        SlideConfig(max_active=0).validate()
+    net = _net("numba", 0, n_random=30)
+    rows = np.arange(10, 40, dtype=np.int64)
+    assert all(a.size == 0 for a in net.active_sets(train, rows, with_labels=False))
+    ref = _grads(R_, net, train, rows, 1, 30)
+    got = _grads(K_, net, train, rows, 1, 30)
+    labels = set(train.y_idx[train.y_indptr[10]:train.y_indptr[40]].tolist())
+    shared = {R_._mix(11, i) % NL for i in range(30)}
+    assert set(np.flatnonzero(ref["t2"]).tolist()) == labels | shared  # nothing else is touched
+    np.testing.assert_array_equal(got["t2"], ref["t2"])
+    np.testing.assert_allclose(got["G2"], ref["G2"], rtol=1e-4, atol=1e-6)

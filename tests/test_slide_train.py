@@ -40,12 +40,13 @@ def test_p1_standard_error():
     assert p1_standard_error(0.5, 5000) < p1_standard_error(0.5, 1000) / 2
 
 
-@pytest.mark.parametrize("method", ["slide", "dense", "sampled"])
+@pytest.mark.parametrize("method", ["slide", "uniform", "dense", "sampled"])
 def test_every_trainer_learns_from_the_same_start(data, method):
     pytest.importorskip("torch")
     train, test = data
     p = init_params(NF, NL, 32, seed=0)
     kw = dict(max_active=50, hash=HashConfig(K=4, L=8, bucket_size=32)) if method == "slide" else {}
+    kw = dict(n_random=50) if method == "uniform" else kw
     tr = make_trainer(method, n_features=NF, n_labels=NL, hidden=32, lr=0.01, params=p, n_sampled=50, **kw)
     seen = []
     res = fit(tr, train, test, FitConfig(batch_size=64, max_epochs=4, eval_every_s=1e9, eval_samples=150),
@@ -82,4 +83,4 @@ def test_fitrun_advances_in_slices_and_stops_at_target(data):
 def test_unknown_trainer_suggests_names():
     with pytest.raises(UnknownNameError, match="sampled"):
         make_trainer("sampeld", n_features=1, n_labels=1)
-    assert TRAINERS.names() == ["dense", "sampled", "slide"]
+    assert TRAINERS.names() == ["dense", "sampled", "slide", "uniform"]

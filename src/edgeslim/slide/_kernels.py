@@ -39,11 +39,13 @@ def _fold(key, nbits, range_pow):
 
 
 @njit(cache=True)
-def _codes_one(x, family, proj, bins, K, L, range_pow, out, s, code, empty):
-    """``s`` (float64[L*K]), ``code`` (int64[L*K]), ``empty`` (bool[L*K]) are scratch."""
+def _codes_one(x, family, proj, bins, K, L, range_pow, qshift, out, s, code, empty):
+    """``s`` (float64[L*K]), ``code`` (int64[L*K]), ``empty`` (bool[L*K]) are scratch. SimHash hashes
+    ``x - c`` where ``qshift = c @ proj`` (query centring; zeros hash ``x`` itself); DWTA ignores ``qshift``."""
     nh = L * K
     if family == SIMHASH:
-        s[:] = 0.0
+        for j in range(nh):
+            s[j] = -qshift[j]
         d = x.shape[0]
         for i in range(d):
             xi = np.float64(x[i])
@@ -104,8 +106,9 @@ def hash_codes(X, family, proj, bins, K, L, range_pow):
         s = np.empty(nh, np.float64)
         code = np.empty(nh, np.int64)
         empty = np.empty(nh, np.bool_)
+        zero = np.zeros(nh, np.float64)
         for r in range(c, n, nchunk):
-            _codes_one(X[r], family, proj, bins, K, L, range_pow, out[r], s, code, empty)
+            _codes_one(X[r], family, proj, bins, K, L, range_pow, zero, out[r], s, code, empty)
     return out
 
 
@@ -172,6 +175,8 @@ def _active_one(codes, y_idx, y_lo, y_hi, buckets, fill, max_active, pos, cand, 
     nc = 0
     bs = buckets.shape[2]
     L = codes.shape[0]
+    if max_active == 0:  # no LSH candidates (the uniform-negatives-only trainer)
+        L = 0
     for l in range(L):
         b = codes[l]
         m = fill[l, b]
@@ -220,7 +225,7 @@ def _active_one(codes, y_idx, y_lo, y_hi, buckets, fill, max_active, pos, cand, 
 
 @njit(cache=True)
 def query_active(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, use_labels, W1, b1,
-                 family, proj, bins, K, L, range_pow, buckets, fill, max_active, n_labels):
+                 family, proj, bins, K, L, range_pow, qshift, buckets, fill, max_active, n_labels):
     n = rows.shape[0]
     H = W1.shape[1]
     pos = np.zeros(n_labels, np.int32)
@@ -239,7 +244,7 @@ def query_active(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, use_labels, W1, 
     for s in range(n):
         r = rows[s]
         _hidden_one(x_indptr, x_idx, x_val, r, W1, b1, h)
-        _codes_one(h, family, proj, bins, K, L, range_pow, codes, sc, code, empty)
+        _codes_one(h, family, proj, bins, K, L, range_pow, qshift, codes, sc, code, empty)
         lo = y_indptr[r]
         hi = y_indptr[r + 1] if use_labels else lo
         act = np.empty(hi - lo + max_active, np.int64)
@@ -255,7 +260,7 @@ def query_active(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, use_labels, W1, 
 @njit(cache=True, parallel=True, fastmath=True)
 def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
                 G1, Gb1, G2, Gb2, touched1, touched2,
-                family, proj, bins, K, L, range_pow, buckets, fill, max_active, n_random, rseed, n_chunks):
+                family, proj, bins, K, L, range_pow, qshift, buckets, fill, max_active, n_random, rseed, n_chunks):
     B = rows.shape[0]
     H = W1.shape[1]
     n_labels = W2.shape[0]
@@ -289,7 +294,8 @@ def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
         for s in range(lo_s, hi_s):
             r = rows[s]
             _hidden_one(x_indptr, x_idx, x_val, r, W1, b1, h)
-            _codes_one(h, family, proj, bins, K, L, range_pow, codes, sc, code, empty)
+            if max_active > 0:
+                _codes_one(h, family, proj, bins, K, L, range_pow, qshift, codes, sc, code, empty)
             n, n_lab = _active_one(codes, y_idx, y_indptr[r], y_indptr[r + 1], buckets, fill,
                                    max_active, pos, cand, cnt, hist, act)
             n_base = n
@@ -297,8 +303,8 @@ def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
             if n_random > 0:
                 for a in range(n):
                     pos[act[a]] = 1
-                for i in range(n_random):
-                    j = _mix(_mix(rseed, r), i) % n_labels
+                for i in range(n_random):  # one draw per batch, shared by its samples
+                    j = _mix(rseed, i) % n_labels
                     if pos[j] == 0:
                         pos[j] = 1
                         act[n] = j

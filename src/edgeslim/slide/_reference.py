@@ -52,11 +52,15 @@ def _fold(key: int, nbits: int, range_pow: int) -> int:
     return ((k32 * _MUL) & _M32) >> (32 - range_pow)
 
 
-def _codes_one(x, family, proj, bins, K, L, range_pow, out):
-    """Bucket index of vector ``x`` in each of the ``L`` tables (written into ``out``)."""
+def _codes_one(x, family, proj, bins, K, L, range_pow, out, qshift=None):
+    """Bucket index of vector ``x`` in each of the ``L`` tables (written into ``out``).
+
+    ``qshift = c @ proj`` makes SimHash hash ``x - c`` (query centring); DWTA ignores it."""
     if family == SIMHASH:
         # signed random projections: bit = sign(<x, p>) (Charikar 2002)
         s = x.astype(np.float64) @ proj.astype(np.float64)
+        if qshift is not None:
+            s = s - qshift
         for l in range(L):
             key = 0
             for k in range(K):
@@ -105,10 +109,14 @@ def _codes_one(x, family, proj, bins, K, L, range_pow, out):
 
 def hash_codes(X, family, proj, bins, K, L, range_pow):
     """Bucket indices ``int64[n, L]`` of the rows of ``X`` (``float32[n, d]``)."""
+    return _query_codes(X, family, proj, bins, K, L, range_pow, None)
+
+
+def _query_codes(X, family, proj, bins, K, L, range_pow, qshift):
     n = X.shape[0]
     out = np.empty((n, L), np.int64)
     for r in range(n):
-        _codes_one(X[r], family, proj, bins, K, L, range_pow, out[r])
+        _codes_one(X[r], family, proj, bins, K, L, range_pow, out[r], qshift)
     return out
 
 
@@ -161,7 +169,7 @@ def _active_one(codes, labels, buckets, fill, max_active):
     cand = []
     cnt = {}
     bs = buckets.shape[2]
-    for l in range(codes.shape[0]):
+    for l in range(codes.shape[0] if max_active > 0 else 0):
         b = codes[l]
         for s in range(min(fill[l, b], bs)):
             nid = int(buckets[l, b, s])
@@ -179,10 +187,11 @@ def _active_one(codes, labels, buckets, fill, max_active):
 
 
 def query_active(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, use_labels, W1, b1,
-                 family, proj, bins, K, L, range_pow, buckets, fill, max_active, n_labels):
-    """Active output neurons of each sample as CSR ``(indptr int64[n+1], ids int64[nnz])``."""
+                 family, proj, bins, K, L, range_pow, qshift, buckets, fill, max_active, n_labels):
+    """Active output neurons of each sample as CSR ``(indptr int64[n+1], ids int64[nnz])``; the hidden vectors are
+    hashed centred (``qshift``, see `_codes_one`)."""
     Hs = hidden_forward(x_indptr, x_idx, x_val, rows, W1, b1)
-    codes = hash_codes(Hs, family, proj, bins, K, L, range_pow)
+    codes = _query_codes(Hs, family, proj, bins, K, L, range_pow, qshift)
     parts = []
     for s in range(rows.shape[0]):
         r = rows[s]
@@ -196,11 +205,12 @@ def query_active(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, use_labels, W1, 
 
 def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
                 G1, Gb1, G2, Gb2, touched1, touched2,
-                family, proj, bins, K, L, range_pow, buckets, fill, max_active, n_random, rseed, n_chunks):
+                family, proj, bins, K, L, range_pow, qshift, buckets, fill, max_active, n_random, rseed, n_chunks):
     """Accumulate the batch-mean gradient of softmax cross-entropy over each sample's active set.
 
-    With ``n_random > 0`` each sample also draws up to ``n_random`` neurons uniformly from outside
-    its active set (deterministic in ``rseed`` and the sample's row); their logits get
+    With ``n_random > 0`` the batch draws ``n_random`` neurons uniformly (deterministic in ``rseed``), shared by its
+    samples as in sampled softmax, so they cost one pass over a few cached rows and one Adam update each; every sample
+    adds those outside its own active set, whose logits get
     ``+log(#outside / #drawn)`` so that they stand in for the whole unsampled remainder in the
     softmax's normaliser (a stratified estimate of the partition function: the LSH set exactly,
     the rest by uniform sampling). ``n_random = 0`` is the paper's SLIDE.
@@ -213,7 +223,7 @@ def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
     loss = 0.0
     n_act = 0
     Hs = hidden_forward(x_indptr, x_idx, x_val, rows, W1, b1)
-    codes = hash_codes(Hs, family, proj, bins, K, L, range_pow)
+    codes = _query_codes(Hs, family, proj, bins, K, L, range_pow, qshift)
     for s in range(B):
         r = rows[s]
         labels = y_idx[y_indptr[r]:y_indptr[r + 1]]
@@ -224,7 +234,7 @@ def batch_grads(x_indptr, x_idx, x_val, rows, y_indptr, y_idx, W1, b1, W2, b2,
             inside = set(act.tolist())
             extra = []
             for i in range(n_random):
-                j = _mix(_mix(rseed, r), i) % W2.shape[0]
+                j = _mix(rseed, i) % W2.shape[0]
                 if j not in inside:
                     inside.add(j)
                     extra.append(j)

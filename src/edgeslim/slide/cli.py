@@ -30,7 +30,8 @@ def train(
     synthetic_labels: int = typer.Option(200_000, help="without --data: labels of the synthetic task"),
     synthetic_train: int = typer.Option(50_000, help="without --data: training samples"),
     synthetic_features: int = typer.Option(50_000, help="without --data: feature vocabulary"),
-    baselines: bool = typer.Option(False, "--baselines", help="also train dense and sampled-softmax PyTorch, interleaved"),
+    baselines: bool = typer.Option(False, "--baselines", help="also train dense and sampled-softmax PyTorch, interleaved "
+                                   "(and, with --n-random, SLIDE with the LSH off)"),
     epochs: float = typer.Option(5.0, help="stop after this many epochs"),
     time_budget: float = typer.Option(120.0, help="stop after this many training seconds (per method)"),
     eval_every: float = typer.Option(10.0, help="P@1/P@5 checkpoint every this many training seconds"),
@@ -43,7 +44,8 @@ def train(
     l: int = typer.Option(16, "-L", help="number of hash tables"),
     bucket_size: int = typer.Option(64),
     max_active: int = typer.Option(1024, help="cap on LSH-chosen output neurons per sample"),
-    n_random: int = typer.Option(0, help="uniform negatives added per sample outside the active set (0: paper's SLIDE)"),
+    n_random: int = typer.Option(0, help="uniform negatives drawn per batch, shared by its samples (0: paper's SLIDE)"),
+    center: bool = typer.Option(False, help="hash centred hidden vectors (h - running mean), SimHash only"),
     threads: int = typer.Option(2, help="threads for numba and torch"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("edgeslim-out/slide"), help="folder for history.json and p1_vs_time.png"),
@@ -74,11 +76,14 @@ def train(
         params = init_params(tr_data.n_features, tr_data.n_labels, hidden, seed)
         common = dict(n_features=tr_data.n_features, n_labels=tr_data.n_labels, hidden=hidden, lr=lr,
                       params=params, threads=threads, seed=seed)
-        methods = {"slide": make_trainer("slide", max_active=max_active, n_random=n_random, hash=HashConfig(
+        methods = {"slide": make_trainer("slide", max_active=max_active, n_random=n_random, center_queries=center,
+                                         hash=HashConfig(
             family=family, K=k, L=l, bucket_size=bucket_size, seed=seed), **common)}
         if baselines:
             methods["dense"] = make_trainer("dense", **common)
             methods["sampled"] = make_trainer("sampled", n_sampled=max_active, **common)
+            if n_random:  # SLIDE's own kernels with the LSH off: what the hash tables add
+                methods["uniform"] = make_trainer("uniform", n_random=n_random, **common)
         fc = FitConfig(batch_size=batch_size, max_epochs=epochs, time_budget_s=time_budget,
                        eval_every_s=eval_every, eval_samples=eval_samples, seed=seed)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from .data import XMCData
-from .hashing import HashConfig, LSHTables, get_backend
+from .hashing import HashConfig, LSHTables, SimHash, get_backend
 
 __all__ = ["SlideConfig", "SlideNetwork", "init_params", "dense_scores", "precision_at_k", "topk_labels",
            "warmup"]
@@ -35,12 +35,17 @@ __all__ = ["SlideConfig", "SlideNetwork", "init_params", "dense_scores", "precis
 class SlideConfig:
     """Training hyper-parameters of `SlideNetwork`.
 
-    ``max_active`` caps the LSH part of a sample's active set (true labels come on top).
-    ``n_random`` (default 0, the paper's SLIDE) adds up to that many uniform negatives from outside
-    the active set during training, weighted to stand for the unsampled labels in the softmax
-    normaliser (see `_reference.batch_grads`); it counters the over-penalising of LSH's hard
-    negatives when recall is high.
+    ``max_active`` caps the LSH part of a sample's active set (true labels come on top); 0 turns the LSH off (no
+    hashing, no candidates: the negatives are the shared uniform ones only, a sampled softmax on the same kernels).
+    ``n_random`` (default 0, the paper's SLIDE): each batch draws that many uniform negatives, shared by its samples;
+    each sample adds those outside its active set, weighted to stand for the unsampled labels in the softmax
+    normaliser (see `_reference.batch_grads`). They push down labels the LSH never retrieves (without them, such
+    labels drift up as the hidden layer moves), and being shared they cost one Adam update each per batch.
     ``n_chunks``: HOGWILD chunks per batch (0: one per numba thread).
+    ``center_queries`` (SimHash only): hash ``h - mean(h)`` instead of ``h``, the mean a running average of recent
+    batches' hidden vectors. ReLU hidden vectors share one dominant direction, so uncentred they hash to a few
+    buckets whose labels are not the sample's best; ``h . w = (h - mu) . w + mu . w``, the second term a per-label
+    constant, so centring keeps the ranking information and removes what all queries share.
     """
 
     hidden: int = 128
@@ -53,13 +58,18 @@ class SlideConfig:
     hash: HashConfig = field(default_factory=HashConfig)
     backend: str = "auto"
     n_chunks: int = 0
+    center_queries: bool = False
     seed: int = 0
 
     def validate(self) -> "SlideConfig":
-        if self.hidden < 1 or self.max_active < 1 or self.lr <= 0 or self.n_chunks < 0 or self.n_random < 0:
+        if self.hidden < 1 or self.max_active < 0 or self.lr <= 0 or self.n_chunks < 0 or self.n_random < 0:
             raise InvalidParameterError(
-                f"SlideConfig: need hidden >= 1, max_active >= 1, lr > 0, n_chunks, n_random >= 0; got {self}."
+                f"SlideConfig: need hidden >= 1, max_active >= 0, lr > 0, n_chunks, n_random >= 0; got {self}."
             )
+        if self.max_active == 0 and self.n_random == 0:
+            raise InvalidParameterError(
+                "SlideConfig: max_active=0 (no LSH candidates) needs n_random > 0, or every sample's softmax runs over "
+                f"its own labels only; got {self}.")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
             raise InvalidParameterError(f"SlideConfig: need 0 <= beta1, beta2 < 1 and eps > 0; got {self}.")
         self.hash.validate()
@@ -106,6 +116,9 @@ class SlideNetwork:
         }
         self.tables = LSHTables(c.hash, dim=c.hidden, backend=c.backend)
         self.tables.rebuild(self.W2)
+        self.center_ = np.zeros(c.hidden, np.float32)  # running mean of hidden vectors (center_queries)
+        self.qshift_ = np.zeros(c.hash.L * c.hash.K, np.float64)  # center_ @ proj: what SimHash subtracts
+        self._centered = False
         self.step_ = 0
         self._next_rebuild = c.hash.rebuild_every
         self._period = float(c.hash.rebuild_every)
@@ -125,12 +138,14 @@ class SlideNetwork:
         """One lazy-Adam step on the samples ``rows`` of ``data``; returns (mean loss, active ids summed)."""
         c = self.config
         rows = np.ascontiguousarray(rows, np.int64)
+        if c.center_queries and not self._centered:
+            self._update_center(data, rows)
         G1, Gb1, G2, Gb2 = (self._state[n][2] for n in ("W1", "b1", "W2", "b2"))
         t1, t2 = self._state["W1"][3], self._state["W2"][3]
         loss, n_act = self._k.batch_grads(
             data.x_indptr, data.x_idx, data.x_val, rows, data.y_indptr, data.y_idx,
             self.W1, self.b1[0], self.W2, self.b2[:, 0], G1, Gb1[0], G2, Gb2[:, 0], t1, t2,
-            *self.tables.hash_args, self.tables.buckets_, self.tables.fill_, c.max_active,
+            *self.tables.hash_args, self.qshift_, self.tables.buckets_, self.tables.fill_, c.max_active,
             c.n_random, c.seed * 1_000_003 + self.step_, self._chunks(),
         )
         self.step_ += 1
@@ -142,9 +157,20 @@ class SlideNetwork:
             self._k.adam_rows(w, M, V, G, t, c.lr, c.beta1, c.beta2, c.eps, self.step_)
         if self.step_ >= self._next_rebuild:
             self.tables.rebuild(self.W2)
+            if c.center_queries:
+                self._update_center(data, rows)
             self._period = min(self._period * c.hash.rebuild_growth, float(c.hash.rebuild_max))
             self._next_rebuild = self.step_ + max(1, int(round(self._period)))
         return float(loss) / max(1, rows.shape[0]), int(n_act)
+
+    def _update_center(self, data: XMCData, rows: np.ndarray, weight: float = 0.3) -> None:
+        """Move the query centre towards this batch's mean hidden vector (run at each table rebuild)."""
+        m = self.hidden(data, rows).mean(axis=0)
+        self.center_ = m if not self._centered else (1 - weight) * self.center_ + weight * m
+        self.center_ = self.center_.astype(np.float32)
+        self._centered = True
+        if self.tables.family is SimHash:  # DWTA's codes are rank-based and are left uncentred
+            self.qshift_ = self.center_.astype(np.float64) @ self.tables.proj_.astype(np.float64)
 
     # -- inference --------------------------------------------------------------------------
     def params(self) -> dict[str, np.ndarray]:
@@ -159,7 +185,7 @@ class SlideNetwork:
         rows = np.ascontiguousarray(rows, np.int64)
         indptr, ids = self._k.query_active(
             data.x_indptr, data.x_idx, data.x_val, rows, data.y_indptr, data.y_idx, bool(with_labels),
-            self.W1, self.b1[0], *self.tables.hash_args, self.tables.buckets_, self.tables.fill_,
+            self.W1, self.b1[0], *self.tables.hash_args, self.qshift_, self.tables.buckets_, self.tables.fill_,
             self.config.max_active, self.n_labels,
         )
         return [ids[indptr[i]:indptr[i + 1]] for i in range(rows.shape[0])]

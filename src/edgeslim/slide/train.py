@@ -26,7 +26,7 @@ from .hashing import HashConfig
 from .network import SlideConfig, SlideNetwork, init_params, precision_at_k, topk_labels
 
 __all__ = ["Trainer", "TRAINERS", "make_trainer", "FitConfig", "Checkpoint", "FitResult", "fit",
-           "evaluate", "time_to_reach", "p1_standard_error", "SlideTrainer", "FitRun", "fit_interleaved",
+           "evaluate", "time_to_reach", "p1_standard_error", "SlideTrainer", "UniformTrainer", "FitRun", "fit_interleaved",
            "plot_p1_vs_time"]
 
 TRAINERS: Registry[Callable[..., "Trainer"]] = Registry("slide trainer")
@@ -71,10 +71,25 @@ class SlideTrainer:
 @TRAINERS.register("slide")
 def _make_slide(*, n_features: int, n_labels: int, hidden: int = 128, lr: float = 1e-3, seed: int = 0,
                 params: dict | None = None, max_active: int = 2048, hash: HashConfig | None = None,
-                backend: str = "auto", n_random: int = 0, **_: Any) -> Trainer:
+                backend: str = "auto", n_random: int = 0, center_queries: bool = False, **_: Any) -> Trainer:
     cfg = SlideConfig(hidden=hidden, lr=lr, seed=seed, max_active=max_active, n_random=n_random,
-                      hash=hash or HashConfig(), backend=backend)
+                      center_queries=center_queries, hash=hash or HashConfig(), backend=backend)
     return SlideTrainer(SlideNetwork(n_features=n_features, n_labels=n_labels, config=cfg, params=params))
+
+
+class UniformTrainer(SlideTrainer):
+    """SLIDE's kernels with the LSH turned off (``max_active=0``): every sample's softmax runs over its labels and the
+    batch's shared uniform negatives, weighted to stand for the rest. The ablation that tells what the LSH adds."""
+
+    name = "uniform"
+    active_recall = None  # no LSH, no active set to score
+
+
+@TRAINERS.register("uniform")
+def _make_uniform(*, n_features: int, n_labels: int, hidden: int = 128, lr: float = 1e-3, seed: int = 0,
+                  params: dict | None = None, n_random: int = 512, backend: str = "auto", **_: Any) -> Trainer:
+    cfg = SlideConfig(hidden=hidden, lr=lr, seed=seed, max_active=0, n_random=n_random, backend=backend)
+    return UniformTrainer(SlideNetwork(n_features=n_features, n_labels=n_labels, config=cfg, params=params))
 
 
 @TRAINERS.register("dense")
@@ -99,7 +114,7 @@ def _make_sampled(*, n_features: int, n_labels: int, hidden: int = 128, lr: floa
 
 
 def make_trainer(method: str, **kwargs: Any) -> Trainer:
-    """Build a registered trainer (``slide``, ``dense``, ``sampled``) by name."""
+    """Build a registered trainer (``slide``, ``uniform``, ``dense``, ``sampled``) by name."""
     return TRAINERS.get(method)(**kwargs)
 
 
