@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--downsample", choices=["pool", "proj"], default="proj", help="ReActNet's downsampling shortcut")
     ap.add_argument("--finetune", type=int, default=2,
                     help="epochs of a last stage with batch-norm statistics recalibrated and frozen, lr 2e-4 (0: none)")
+    ap.add_argument("--seed", type=int, default=0, help="weight initialisation and batch order of all three models")
     ap.add_argument("--cache", type=Path, default=None,
                     help="folder (outside the repo) to save trained weights in and reuse on the next run")
     args = ap.parse_args()
@@ -105,23 +106,25 @@ def main() -> None:
           f"{args.epochs}+{args.epochs} epochs (fp32: {2 * args.epochs}); threads {THREADS}; numba "
           f"{numba.config.THREADING_LAYER} layer; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
 
-    cfg1 = FitConfig(epochs=args.epochs, lr=2e-3, batch_size=64, seed=0)
-    cfg2 = FitConfig(epochs=args.epochs, lr=1e-3, batch_size=64, seed=1)
-    cfg3 = FitConfig(epochs=args.finetune, lr=2e-4, batch_size=64, seed=2, freeze_bn=True) if args.finetune else None
+    s0 = 3 * args.seed  # --seed 0 reproduces the stored runs
+    cfg1 = FitConfig(epochs=args.epochs, lr=2e-3, batch_size=64, seed=s0)
+    cfg2 = FitConfig(epochs=args.epochs, lr=1e-3, batch_size=64, seed=s0 + 1)
+    cfg3 = (FitConfig(epochs=args.finetune, lr=2e-4, batch_size=64, seed=s0 + 2, freeze_bn=True)
+            if args.finetune else None)
     models, acc, train_s = {}, {}, {}
     aug = random_shift(args.shift) if args.shift else None
     for kind in ("fp32", "xnor", "reactnet"):
-        torch.manual_seed(0)
+        torch.manual_seed(args.seed)
         m = MnistBNN(kind, widths=widths, downsample=args.downsample)
         t = time.perf_counter()
         tag = (f"{kind}-w{'-'.join(map(str, widths))}-e{args.epochs}-n{len(tr)}-d{int(args.distill)}-"
-               f"s{args.shift}-{args.downsample}-f{args.finetune}-"
+               f"s{args.shift}-{args.downsample}-f{args.finetune}-seed{args.seed}-"
                f"{code_version()}.pt")  # keyed by the training code too, not by shape only
         if args.cache is not None and (args.cache / tag).is_file():
             m.load_state_dict(torch.load(args.cache / tag))
             m.eval()
         elif kind == "fp32":
-            fit(m, x[tr], y[tr], FitConfig(epochs=2 * args.epochs, lr=2e-3, batch_size=64, seed=0), augment=aug)
+            fit(m, x[tr], y[tr], FitConfig(epochs=2 * args.epochs, lr=2e-3, batch_size=64, seed=s0), augment=aug)
         else:
             two_step(m, x[tr], y[tr], cfg1, cfg2, teacher=models["fp32"] if args.distill else None, augment=aug,
                      finetune=cfg3)
@@ -182,7 +185,8 @@ def main() -> None:
             if batch == 1 and k == "xnor packed (numba)":
                 lat_ratio = statistics.median(r)
 
-    print(f"\ntraining: {args.epochs}+{args.epochs} epochs, then {args.finetune} with batch-norm statistics frozen, "
+    print(f"\ntraining: seed {args.seed}, {args.epochs}+{args.epochs} epochs, then {args.finetune} with batch-norm "
+          "statistics frozen, "
           f"distill={args.distill}, shift={args.shift}, downsample={args.downsample}, train {len(tr)}, test {len(te)}")
     print(f"\nRESULT fp32_acc={acc['fp32']:.4f} xnor_acc={acc['xnor']:.4f} reactnet_acc={acc['reactnet']:.4f} "
           f"packed_vs_fp32_latency={lat_ratio:.2f}")

@@ -246,7 +246,7 @@ def _markdown(out, res, stem) -> str:
         f"(wall {m['wall_s']} s). Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads for every "
         f"method; torch {m['torch']}, numba {m['numba']}. The machine is shared with other work "
         f"(load average {m['loadavg_start'][0]:.1f} at start, {m['loadavg_end'][0]:.1f} at end), so "
-        "absolute speeds are noisy; the three methods ran in the same process in alternating 5 s "
+        "absolute speeds are noisy; the methods ran in the same process in alternating 5 s "
         "slices, so they saw the same load.",
         "",
         f"Task: synthetic XMC (power-law labels, label-correlated sparse features), {s['labels']} labels, "
