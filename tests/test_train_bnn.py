@@ -257,3 +257,14 @@ def test_two_step_finetune_trains_with_frozen_recalibrated_statistics(mnist_smal
     assert not torch.allclose(snaps[0], snaps[1])  # statistics update during the two steps
     assert not torch.allclose(snaps[1], snaps[2])  # recalibrated before the fine-tune, not step 2's running ones
     assert torch.equal(snaps[2], snaps[3])  # and frozen during it
+
+
+def test_packed_shortcut_pooling_matches_torch_avg_pool_on_odd_sizes():
+    from edgeslim.kernels.packed_bnn import _np_shortcut
+
+    h = np.random.default_rng(0).standard_normal((2, 7, 9, 5)).astype(np.float32)  # NHWC, odd sizes
+    want = torch.nn.functional.avg_pool2d(torch.from_numpy(h).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1).numpy()
+    got = _np_shortcut(h, 2, 5)
+    assert got.shape == (2, 3, 4, 5)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(_np_shortcut(h, 2, 10), np.concatenate([want, want], axis=-1), rtol=1e-6, atol=1e-6)

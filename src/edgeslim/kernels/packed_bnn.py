@@ -47,6 +47,7 @@ class PackedBNN:
     _thresholds: tuple = field(default=(), init=False, repr=False)
     _weights: tuple = field(default=(), init=False, repr=False)
     _stem_taps: np.ndarray = field(default=None, init=False, repr=False)
+    _epilogue: tuple = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         from . import binary as bk
@@ -55,6 +56,10 @@ class PackedBNN:
         # stem weights tap-major [9, O], so the stem's inner loop over filters is contiguous (SIMD)
         object.__setattr__(self, "_thresholds", tuple(bk.bn_to_threshold(b.scale, b.shift) for b in self.blocks))
         object.__setattr__(self, "_weights", tuple(bk.prepare_weights(b.w_packed) for b in self.blocks))
+        f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64).reshape(-1)  # noqa: E731
+        object.__setattr__(self, "_epilogue", tuple(
+            (f64(b.scale), f64(b.shift), *(f64(v) for v in b.rprelu)) if b.rprelu is not None else ()
+            for b in self.blocks))
         taps = np.ascontiguousarray(np.asarray(self.stem_w, dtype=np.float32).reshape(self.stem_w.shape[0], 9).T)
         object.__setattr__(self, "_stem_taps", taps)
 
@@ -89,15 +94,62 @@ class PackedBNN:
                     h = dot * blk.scale + blk.shift
             else:
                 dot = bk.binary_conv2d(bk.pack_bits(h - blk.beta), self._weights[i], blk.cin, blk.stride, 1)
-                y = dot * blk.scale + blk.shift
-                y = y + _np_shortcut(h, blk.stride, blk.cout, blk.proj)
-                gamma, slope, zeta = blk.rprelu
-                y = y - gamma
-                h = (np.where(y >= 0, y, y * slope) + zeta).astype(np.float32)
+                sc = np.ascontiguousarray(_np_shortcut(h, blk.stride, blk.cout, blk.proj), dtype=np.float32)
+                h = np.empty(dot.shape, dtype=np.float32)
+                # BN, shortcut add and RPReLU in one pass (numba) instead of six NumPy passes over the tensor
+                o = dot.shape[-1]
+                _epilogue_kernel()(dot.reshape(-1, o), *self._epilogue[i], sc.reshape(-1, o), h.reshape(-1, o))
         return h.mean(axis=(1, 2)) @ self.fc_w.T + self.fc_b
 
 
 _STEM = []
+_EPILOGUE = []
+_AVGPOOL = []
+
+
+def _avgpool_kernel():
+    """``stride x stride`` average pooling of NHWC, trailing rows/columns dropped (as torch's avg_pool2d); one pass."""
+    if not _AVGPOOL:
+        from numba import njit
+
+        @njit(nogil=True, fastmath=True, cache=True)
+        def avgpool(h, s, out):
+            b_n, ho, wo, c_n = out.shape
+            inv = np.float32(1.0 / (s * s))
+            for b in range(b_n):
+                for y in range(ho):
+                    for x in range(wo):
+                        for c in range(c_n):
+                            out[b, y, x, c] = 0
+                        for dy in range(s):
+                            for dx in range(s):
+                                for c in range(c_n):
+                                    out[b, y, x, c] += h[b, y * s + dy, x * s + dx, c]
+                        for c in range(c_n):
+                            out[b, y, x, c] *= inv
+
+        _AVGPOOL.append(avgpool)
+    return _AVGPOOL[0]
+
+
+def _epilogue_kernel():
+    """ReActNet's float glue after a binary conv, fused: ``h = RPReLU(scale * dot + shift + shortcut)``, computed in
+    float64 (as NumPy's promotion of int32 x float32 did) and stored as float32. Compiled lazily, like the stem."""
+    if not _EPILOGUE:
+        from numba import njit
+
+        @njit(nogil=True, fastmath=True, cache=True)
+        def epilogue(dot, scale, shift, gamma, slope, zeta, sc, out):
+            n, o_n = dot.shape
+            for i in range(n):
+                for o in range(o_n):
+                    y = dot[i, o] * scale[o] + shift[o] + sc[i, o] - gamma[o]
+                    if y < 0:
+                        y = y * slope[o]
+                    out[i, o] = y + zeta[o]
+
+        _EPILOGUE.append(epilogue)
+    return _EPILOGUE[0]
 
 
 def _stem_kernel():
@@ -134,7 +186,9 @@ def _stem_kernel():
 def _np_shortcut(h: np.ndarray, stride: int, cout: int, proj=None) -> np.ndarray:
     if stride > 1:
         b, hh, ww, c = h.shape
-        h = h[:, : hh // stride * stride, : ww // stride * stride].reshape(b, hh // stride, stride, ww // stride, stride, c).mean(axis=(2, 4))
+        pooled = np.empty((b, hh // stride, ww // stride, c), dtype=np.float32)
+        _avgpool_kernel()(np.ascontiguousarray(h, dtype=np.float32), stride, pooled)
+        h = pooled
     if proj is not None:
         return h @ proj[0].T + proj[1]
     if cout == 2 * h.shape[-1]:
