@@ -15,11 +15,12 @@ def test_train_synthetic_with_baselines_writes_history_and_plot(tmp_path):
     r = CliRunner().invoke(app, [
         "train", "--synthetic-labels", "300", "--synthetic-train", "400", "--synthetic-features", "200",
         "--hidden", "16", "--epochs", "1", "--eval-every", "1000", "--eval-samples", "100", "-K", "4", "-L", "4",
-        "--max-active", "30", "--n-random", "10", "--baselines", "--out", str(out)])
+        "--max-active", "30", "--n-random", "10", "--center", "--baselines", "--out", str(out)])
     assert r.exit_code == 0, r.output
     hist = json.loads((out / "history.json").read_text())
-    assert set(hist) == {"slide", "dense", "sampled"}
+    assert set(hist) == {"slide", "dense", "sampled", "uniform"}  # --n-random adds SLIDE with the LSH off
     assert hist["slide"]["history"][-1]["samples"] == 400
+    assert hist["uniform"]["history"][-1]["samples"] == 400
     assert (out / "p1_vs_time.png").stat().st_size > 1000
 
 
