@@ -59,45 +59,37 @@ class CosineSampled(TorchSampledTrainer):
         return p
 
 
-def simhash_recall(Q, W, top5, K, L, cap, rng):
-    """Recall@5 of the ``cap`` most-hit labels over ``L`` SimHash tables of ``K`` bits, no bucket limit."""
-    proj = rng.choice(np.array([-1.0, 1.0], np.float32), size=(Q.shape[1], K * L))
-    weights = 1 << np.arange(K)
-    cw = ((W @ proj > 0).reshape(-1, L, K) @ weights)
-    cq = ((Q @ proj > 0).reshape(-1, L, K) @ weights)
+def recall_from_codes(cw, cq, top5, cap):
+    """Recall@5 of each query's ``cap`` most-hit labels, every label colliding in any table counted (no bucket
+    limit); ``cw`` [labels, L] and ``cq`` [queries, L] are bucket codes per table."""
     index = []
-    for t in range(L):
+    for t in range(cw.shape[1]):
         order = np.argsort(cw[:, t], kind="stable")
-        keys = cw[order, t]
-        index.append((order, np.searchsorted(keys, np.arange(1 << K)),
-                      np.searchsorted(keys, np.arange(1 << K), side="right")))
+        index.append((order, cw[order, t]))
     rec = []
-    for i in range(Q.shape[0]):
-        hits = np.concatenate([o[a[cq[i, t]]:b[cq[i, t]]] for t, (o, a, b) in enumerate(index)])
+    for i in range(cq.shape[0]):
+        hits = np.concatenate([o[np.searchsorted(k, cq[i, t]):np.searchsorted(k, cq[i, t], side="right")]
+                               for t, (o, k) in enumerate(index)])
         ids, cnt = np.unique(hits, return_counts=True)
         keep = ids[np.argsort(-cnt, kind="stable")[:cap]] if ids.size > cap else ids
         rec.append(np.isin(top5[i], keep).mean())
     return float(np.mean(rec))
+
+
+def simhash_recall(Q, W, top5, K, L, cap, rng):
+    """SimHash, ``L`` tables of ``K`` sign bits of random +-1 projections."""
+    proj = rng.choice(np.array([-1.0, 1.0], np.float32), size=(Q.shape[1], K * L))
+    weights = 1 << np.arange(K)
+    codes = lambda X: (X @ proj > 0).reshape(-1, L, K) @ weights  # noqa: E731
+    return recall_from_codes(codes(W), codes(Q), top5, cap)
 
 
 def dwta_recall(Q, W, top5, K, L, cap):
-    """The same no-limit retrieval with DWTA codes from `edgeslim.slide.hashing.LSHTables` (densification included)."""
+    """DWTA codes from `edgeslim.slide.hashing.LSHTables` (bins of 8, densification included)."""
     from edgeslim.slide.hashing import HashConfig, LSHTables
 
     t = LSHTables(HashConfig(family="dwta", K=K, L=L, bin_size=8, range_pow=24), dim=Q.shape[1], backend="numba")
-    cw, cq = t.codes(W), t.codes(Q)
-    index = []
-    for j in range(L):
-        order = np.argsort(cw[:, j], kind="stable")
-        index.append((order, cw[order, j]))
-    rec = []
-    for i in range(Q.shape[0]):
-        hits = np.concatenate([o[np.searchsorted(k, cq[i, j]):np.searchsorted(k, cq[i, j], side="right")]
-                               for j, (o, k) in enumerate(index)])
-        ids, cnt = np.unique(hits, return_counts=True)
-        keep = ids[np.argsort(-cnt, kind="stable")[:cap]] if ids.size > cap else ids
-        rec.append(np.isin(top5[i], keep).mean())
-    return float(np.mean(rec))
+    return recall_from_codes(t.codes(W), t.codes(Q), top5, cap)
 
 
 def probe(name, params, train, test, rng) -> tuple[float, float]:

@@ -293,6 +293,8 @@ def test_max_active_zero_turns_the_lsh_off(data):
     train, _ = data
     with pytest.raises(InvalidParameterError, match="n_random"):
         SlideConfig(max_active=0).validate()
+    with pytest.raises(InvalidParameterError, match="SimHash only"):
+        SlideConfig(center_queries=True, hash=HashConfig(family="dwta")).validate()
     net = _net("numba", 0, n_random=30)
     rows = np.arange(10, 40, dtype=np.int64)
     assert all(a.size == 0 for a in net.active_sets(train, rows, with_labels=False))

@@ -6,7 +6,9 @@ Kept apart from the torch training modules so a deployment loads and runs a pack
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -73,7 +75,7 @@ class PackedBNN:
     def _stem(self, x: np.ndarray) -> np.ndarray:
         # x [B, 1, H, W] -> NHWC [B, H, W, C]: a direct 3x3 conv with one input channel (numba)
         out = np.empty((x.shape[0], x.shape[2], x.shape[3], self.stem_w.shape[0]), dtype=np.float32)
-        _stem_kernel()(np.ascontiguousarray(x[:, 0]), self._stem_taps, self.stem_b, out)
+        _kernels().stem(np.ascontiguousarray(x[:, 0]), self._stem_taps, self.stem_b, out)
         return out
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -98,96 +100,75 @@ class PackedBNN:
                 h = np.empty(dot.shape, dtype=np.float32)
                 # BN, shortcut add and RPReLU in one pass (numba) instead of six NumPy passes over the tensor
                 o = dot.shape[-1]
-                _epilogue_kernel()(dot.reshape(-1, o), *self._epilogue[i], sc.reshape(-1, o), h.reshape(-1, o))
+                _kernels().epilogue(dot.reshape(-1, o), *self._epilogue[i], sc.reshape(-1, o), h.reshape(-1, o))
         return h.mean(axis=(1, 2)) @ self.fc_w.T + self.fc_b
 
 
-_STEM = []
-_EPILOGUE = []
-_AVGPOOL = []
+@functools.cache
+def _kernels() -> SimpleNamespace:
+    """The runtime's numba kernels (stem conv, ReActNet epilogue, average pooling), compiled on first use so that
+    importing this module needs no numba."""
+    from numba import njit
 
-
-def _avgpool_kernel():
-    """``stride x stride`` average pooling of NHWC, trailing rows/columns dropped (as torch's avg_pool2d); one pass."""
-    if not _AVGPOOL:
-        from numba import njit
-
-        @njit(nogil=True, fastmath=True, cache=True)
-        def avgpool(h, s, out):
-            b_n, ho, wo, c_n = out.shape
-            inv = np.float32(1.0 / (s * s))
-            for b in range(b_n):
-                for y in range(ho):
-                    for x in range(wo):
-                        for c in range(c_n):
-                            out[b, y, x, c] = 0
-                        for dy in range(s):
-                            for dx in range(s):
-                                for c in range(c_n):
-                                    out[b, y, x, c] += h[b, y * s + dy, x * s + dx, c]
-                        for c in range(c_n):
-                            out[b, y, x, c] *= inv
-
-        _AVGPOOL.append(avgpool)
-    return _AVGPOOL[0]
-
-
-def _epilogue_kernel():
-    """ReActNet's float glue after a binary conv, fused: ``h = RPReLU(scale * dot + shift + shortcut)``, computed in
-    float64 (as NumPy's promotion of int32 x float32 did) and stored as float32. Compiled lazily, like the stem."""
-    if not _EPILOGUE:
-        from numba import njit
-
-        @njit(nogil=True, fastmath=True, cache=True)
-        def epilogue(dot, scale, shift, gamma, slope, zeta, sc, out):
-            n, o_n = dot.shape
-            for i in range(n):
-                for o in range(o_n):
-                    y = dot[i, o] * scale[o] + shift[o] + sc[i, o] - gamma[o]
-                    if y < 0:
-                        y = y * slope[o]
-                    out[i, o] = y + zeta[o]
-
-        _EPILOGUE.append(epilogue)
-    return _EPILOGUE[0]
-
-
-def _stem_kernel():
-    """Compiled lazily so importing this module needs no numba."""
-    if not _STEM:
-        from numba import njit
-
-        @njit(nogil=True, fastmath=True, cache=True)
-        def stem(x, w, b, out):
-            # w is tap-major [9, O]: the inner loop over filters reads contiguous weights
-            n, h, wd = x.shape
-            o_n = w.shape[1]
-            for bi in range(n):
-                for y in range(h):
-                    for xx in range(wd):
-                        for o in range(o_n):
-                            out[bi, y, xx, o] = b[o]
-                        for dy in range(3):
-                            iy = y - 1 + dy
-                            if iy < 0 or iy >= h:
+    @njit(nogil=True, fastmath=True, cache=True)
+    def stem(x, w, b, out):
+        # w is tap-major [9, O]: the inner loop over filters reads contiguous weights
+        n, h, wd = x.shape
+        o_n = w.shape[1]
+        for bi in range(n):
+            for y in range(h):
+                for xx in range(wd):
+                    for o in range(o_n):
+                        out[bi, y, xx, o] = b[o]
+                    for dy in range(3):
+                        iy = y - 1 + dy
+                        if iy < 0 or iy >= h:
+                            continue
+                        for dx in range(3):
+                            ix = xx - 1 + dx
+                            if ix < 0 or ix >= wd:
                                 continue
-                            for dx in range(3):
-                                ix = xx - 1 + dx
-                                if ix < 0 or ix >= wd:
-                                    continue
-                                v = x[bi, iy, ix]
-                                for o in range(o_n):
-                                    out[bi, y, xx, o] += v * w[dy * 3 + dx, o]
+                            v = x[bi, iy, ix]
+                            for o in range(o_n):
+                                out[bi, y, xx, o] += v * w[dy * 3 + dx, o]
 
-        _STEM.append(stem)
-    return _STEM[0]
+    @njit(nogil=True, fastmath=True, cache=True)
+    def epilogue(dot, scale, shift, gamma, slope, zeta, sc, out):
+        # ReActNet's float glue after a binary conv in one pass: h = RPReLU(scale * dot + shift + shortcut),
+        # computed in float64 (as NumPy's promotion of int32 x float32 did) and stored as float32
+        n, o_n = dot.shape
+        for i in range(n):
+            for o in range(o_n):
+                y = dot[i, o] * scale[o] + shift[o] + sc[i, o] - gamma[o]
+                if y < 0:
+                    y = y * slope[o]
+                out[i, o] = y + zeta[o]
+
+    @njit(nogil=True, fastmath=True, cache=True)
+    def avgpool(h, s, out):
+        # s x s average pooling of NHWC, trailing rows/columns dropped (as torch's avg_pool2d)
+        b_n, ho, wo, c_n = out.shape
+        inv = np.float32(1.0 / (s * s))
+        for b in range(b_n):
+            for y in range(ho):
+                for x in range(wo):
+                    for c in range(c_n):
+                        out[b, y, x, c] = 0
+                    for dy in range(s):
+                        for dx in range(s):
+                            for c in range(c_n):
+                                out[b, y, x, c] += h[b, y * s + dy, x * s + dx, c]
+                    for c in range(c_n):
+                        out[b, y, x, c] *= inv
+
+    return SimpleNamespace(stem=stem, epilogue=epilogue, avgpool=avgpool)
 
 
 def _np_shortcut(h: np.ndarray, stride: int, cout: int, proj=None) -> np.ndarray:
     if stride > 1:
         b, hh, ww, c = h.shape
         pooled = np.empty((b, hh // stride, ww // stride, c), dtype=np.float32)
-        _avgpool_kernel()(np.ascontiguousarray(h, dtype=np.float32), stride, pooled)
+        _kernels().avgpool(np.ascontiguousarray(h, dtype=np.float32), stride, pooled)
         h = pooled
     if proj is not None:
         return h @ proj[0].T + proj[1]

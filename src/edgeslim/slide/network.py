@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import InvalidParameterError
 from .data import XMCData
-from .hashing import HashConfig, LSHTables, SimHash, get_backend
+from .hashing import HashConfig, LSHTables, get_backend
 
 __all__ = ["SlideConfig", "SlideNetwork", "init_params", "dense_scores", "precision_at_k", "topk_labels",
            "warmup"]
@@ -70,6 +70,10 @@ class SlideConfig:
             raise InvalidParameterError(
                 "SlideConfig: max_active=0 (no LSH candidates) needs n_random > 0, or every sample's softmax runs over "
                 f"its own labels only; got {self}.")
+        if self.center_queries and self.hash.family != "simhash":
+            raise InvalidParameterError(
+                f"SlideConfig: center_queries applies to SimHash only (DWTA codes are rank-based); got family "
+                f"{self.hash.family!r}. Drop center_queries or use family='simhash'.")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
             raise InvalidParameterError(f"SlideConfig: need 0 <= beta1, beta2 < 1 and eps > 0; got {self}.")
         self.hash.validate()
@@ -169,8 +173,7 @@ class SlideNetwork:
         self.center_ = m if not self._centered else (1 - weight) * self.center_ + weight * m
         self.center_ = self.center_.astype(np.float32)
         self._centered = True
-        if self.tables.family is SimHash:  # DWTA's codes are rank-based and are left uncentred
-            self.qshift_ = self.center_.astype(np.float64) @ self.tables.proj_.astype(np.float64)
+        self.qshift_ = self.center_.astype(np.float64) @ self.tables.proj_.astype(np.float64)  # SimHash (validated)
 
     # -- inference --------------------------------------------------------------------------
     def params(self) -> dict[str, np.ndarray]:
