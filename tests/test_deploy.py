@@ -72,7 +72,7 @@ def check_deliverable(engine: str, precision: str, model, model_path: Path, line
     assert on_disk["inputs"][0]["name"] == "x" and on_disk["inputs"][0]["shape"][1] == 3
     assert on_disk["outputs"][0]["shape"][-1] == len(task.charset)
     listed = {f["name"] for f in on_disk["files"]}
-    assert set(deploy.MODEL_FILES[engine].values()) <= listed and "charset.txt" in listed
+    assert set(get_engine(engine).model_files.values()) <= listed and "charset.txt" in listed
     assert listed | {"deploy.json"} == {p.name for p in out.iterdir()}
     assert on_disk["task"]["postprocess"]["charset"]["entries"] == len(task.charset)
 

@@ -7,7 +7,7 @@
 
 from .errors import EdgeslimError
 
-__version__ = "0.1.0"
+from ._version import __version__
 __all__ = ["EdgeslimError", "__version__", "optimize", "load"]
 
 

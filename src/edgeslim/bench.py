@@ -30,11 +30,11 @@ from typing import Callable
 import numpy as np
 
 from .engines._subprocess import last_line
-from .engines.base import CPU_POLICIES, thread_policy
 from .errors import InvalidParameterError
+from .policy import ThreadPolicy
 
 __all__ = ["BenchSpec", "BenchResult", "bench_rounds", "bench_one", "machine_info", "Telemetry", "noise_reasons",
-           "worker_env", "CPU_POLICIES"]
+           "worker_env", "random_feeds"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,7 +54,7 @@ class BenchResult:
     ratios: list[float] = field(default_factory=list)  # baseline / this, per round
     peak_rss_mb: float = 0.0  # the worker's own peak (VmHWM), not the caller's
     repeats: int = 0
-    policy: str = "dedicated"  # thread policy the candidate ran under (edgeslim.engines.base.thread_policy)
+    policy: str = ThreadPolicy.DEDICATED  # thread policy the candidate ran under (edgeslim.policy)
 
     def latency(self) -> dict[str, float]:
         if not self.times_ms:
@@ -113,13 +113,6 @@ class Telemetry:
 LOAD_ALLOWANCE = 0.5
 # A candidate whose middle half of per-round ratios spans more than this fraction of its median is flagged too.
 RATIO_SPREAD = 0.15
-# libgomp (ncnn's OpenMP in the PyPI wheel) with OMP_WAIT_POLICY=ACTIVE spins about 3e10 times before sleeping, so
-# an idle ncnn worker would keep threads-1 cores busy while every other candidate is timed. Measured on a 2.6 GHz
-# x86 core: 3e5 spins (libgomp's default) last ~8 ms, 3e6 ~75 ms, 1e7 ~250 ms. 3e6 spins through back-to-back runs
-# and parks within the pause before the next worker. The shared policy spins 0 times (libgomp's PASSIVE).
-GOMP_SPINCOUNT = {"dedicated": "3000000", "shared": "0"}
-
-
 @dataclass
 class _Worker:
     spec: BenchSpec
@@ -128,9 +121,9 @@ class _Worker:
     stderr_path: str
 
 
-def worker_env(policy: str) -> dict[str, str]:
+def worker_env(policy: str | ThreadPolicy) -> dict[str, str]:
     """The environment variables a benchmark worker gets for `policy` (on top of the caller's environment)."""
-    return {"OMP_WAIT_POLICY": thread_policy(policy)["OMP_WAIT_POLICY"], "GOMP_SPINCOUNT": GOMP_SPINCOUNT[policy]}
+    return ThreadPolicy.of(policy).env()
 
 
 def _start_worker(spec: BenchSpec, index: int, cfg: dict, env: dict, folder: str) -> _Worker:
@@ -271,8 +264,78 @@ def noise_reasons(results: list[BenchResult], threads: int, loadavg: tuple[float
     return reasons
 
 
+def _start_all(specs: list[BenchSpec], cfg: dict, env: dict, folder: str, results: dict[str, BenchResult],
+               start_timeout: float, by_id: dict[str, _Worker]) -> None:
+    """Start every worker at once (into `by_id`, so the caller stops whatever started if this raises), then wait for
+    each to load; a worker that fails fails its own result only."""
+    for i, s in enumerate(specs):
+        by_id[s.id] = _start_worker(s, i, cfg, env, folder)
+    for s in specs:
+        msg = _recv(by_id[s.id], start_timeout)
+        if msg[0] != "ready":
+            _fail(results[s.id], msg)
+        else:
+            results[s.id].peak_rss_mb = float(msg[1]["peak_rss_mb"])
+
+
+def _fail(res: BenchResult, msg) -> None:
+    res.ok, res.reason = False, f"benchmark worker: {msg[1]}"
+
+
+def _repeat_counts(specs: list[BenchSpec], by_id: dict[str, _Worker], results: dict[str, BenchResult],
+                   target_round_s: float, min_repeats: int, max_repeats: int, timeout: float) -> dict[str, int]:
+    """Runs per round for each live candidate: enough for about `target_round_s` seconds."""
+    reps = {}
+    for s in [s for s in specs if results[s.id].ok]:
+        _send(by_id[s.id], ("run", 2))
+        msg = _recv(by_id[s.id], timeout)
+        if msg[0] != "times":
+            _fail(results[s.id], msg)
+            continue
+        t = max(min(msg[1][0]), 1e-3)
+        reps[s.id] = int(min(max_repeats, max(min_repeats, math.ceil(target_round_s * 1e3 / t))))
+    return reps
+
+
+def _one_round(r: int, live: list[BenchSpec], by_id: dict[str, _Worker], results: dict[str, BenchResult],
+               reps: dict[str, int], baseline: str, pause_s: float, timeout: float) -> list[str]:
+    """Round `r`: each live candidate in the order rotated by `r`; appends times and the per-round ratio to the
+    baseline. Returns the order."""
+    k = r % len(live) if live else 0
+    order = [s for s in live[k:] + live[:k] if results[s.id].ok]
+    med = {}
+    for s in order:
+        w, res = by_id[s.id], results[s.id]
+        # let the previous worker's thread pool park: onnxruntime and OpenMP spin for a while after a run, and a
+        # spinning idle pool steals a core from the worker being timed
+        time.sleep(pause_s)
+        _send(w, ("run", reps[s.id]))
+        msg = _recv(w, timeout)
+        if msg[0] != "times":
+            _fail(res, msg)
+            continue
+        times, rss = msg[1]
+        res.times_ms += times
+        res.peak_rss_mb = max(res.peak_rss_mb, float(rss))
+        res.repeats = reps[s.id]
+        med[s.id] = float(np.median(times))
+        res.round_medians_ms.append(med[s.id])
+    if baseline in med:
+        for sid, m in med.items():
+            results[sid].ratios.append(med[baseline] / m)
+    return [s.id for s in order]
+
+
+def _worker_env(policy: ThreadPolicy) -> dict[str, str]:
+    env = dict(os.environ, **policy.env())
+    # the worker imports this very edgeslim, however the caller found it
+    pkg_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: int, rounds: int = 7, *,
-                 policy: str = "dedicated", progress: Callable[[int, int], None] | None = None,
+                 policy: str | ThreadPolicy = ThreadPolicy.DEDICATED, progress: Callable[[int, int], None] | None = None,
                  target_round_s: float = 0.5, min_repeats: int = 3, max_repeats: int = 200,
                  start_timeout: float = 120.0, round_timeout: float = 600.0, pause_s: float = 0.25,
                  ) -> tuple[list[BenchResult], dict]:
@@ -289,76 +352,27 @@ def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: 
     ...                         {"x": x}, threads=2, rounds=5, policy="shared")  # doctest: +SKIP
     >>> res[1].speedup(), tel["noisy"]  # doctest: +SKIP
     """
-    thread_policy(policy)
+    policy = ThreadPolicy.of(policy)
     _check_args(specs, threads, rounds)
-    results = {s.id: BenchResult(s.id, ok=True, policy=policy) for s in specs}
-    workers: list[_Worker] = []
+    results = {s.id: BenchResult(s.id, ok=True, policy=policy.value) for s in specs}
     by_id: dict[str, _Worker] = {}
     orders: list[list[str]] = []
     tel = Telemetry()
     loadavg_before, loadavg_after, other_cores = _loadavg(), None, None
-
-    def fail(sid: str, msg) -> None:
-        results[sid].ok, results[sid].reason = False, f"benchmark worker: {msg[1]}"
-
     with tempfile.TemporaryDirectory(prefix="edgeslim-bench-") as d:
         graceful = False
         try:
             feeds_file = os.path.join(d, "feeds.npz")
             np.savez(feeds_file, **feeds)
-            env = dict(os.environ, **worker_env(policy))
-            # the worker imports this very edgeslim, however the caller found it
-            pkg_root = str(Path(__file__).resolve().parents[1])
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p)
-            cfg = {"threads": int(threads), "policy": policy, "feeds": feeds_file}
-            for i, s in enumerate(specs):  # all load at once; timing starts when every one is ready
-                w = _start_worker(s, i, cfg, env, d)
-                workers.append(w)
-                by_id[s.id] = w
-            for s in specs:
-                msg = _recv(by_id[s.id], start_timeout)
-                if msg[0] != "ready":
-                    fail(s.id, msg)
-                else:
-                    results[s.id].peak_rss_mb = float(msg[1]["peak_rss_mb"])
-            # repeat count per candidate: enough runs for ~target_round_s per round
-            reps = {}
-            for s in [s for s in specs if results[s.id].ok]:
-                _send(by_id[s.id], ("run", 2))
-                msg = _recv(by_id[s.id], start_timeout)
-                if msg[0] != "times":
-                    fail(s.id, msg)
-                    continue
-                t = max(min(msg[1][0]), 1e-3)
-                reps[s.id] = int(min(max_repeats, max(min_repeats, math.ceil(target_round_s * 1e3 / t))))
+            cfg = {"threads": int(threads), "policy": policy.value, "feeds": feeds_file}
+            _start_all(specs, cfg, _worker_env(policy), d, results, start_timeout, by_id)
+            reps = _repeat_counts(specs, by_id, results, target_round_s, min_repeats, max_repeats, start_timeout)
             live = [s for s in specs if results[s.id].ok]
+            workers = list(by_id.values())
             cpu0, t0 = _cpu_seconds(workers), time.monotonic()
             with tel:
                 for r in range(rounds):
-                    k = r % len(live) if live else 0
-                    order = [s for s in live[k:] + live[:k] if results[s.id].ok]
-                    orders.append([s.id for s in order])
-                    med = {}
-                    for s in order:
-                        w, res = by_id[s.id], results[s.id]
-                        # let the previous worker's thread pool park: onnxruntime and OpenMP spin for a while after a
-                        # run, and a spinning idle pool steals a core from the worker being timed
-                        time.sleep(pause_s)
-                        _send(w, ("run", reps[s.id]))
-                        msg = _recv(w, round_timeout)
-                        if msg[0] != "times":
-                            fail(s.id, msg)
-                            continue
-                        times, rss = msg[1]
-                        res.times_ms += times
-                        res.peak_rss_mb = max(res.peak_rss_mb, float(rss))
-                        res.repeats = reps[s.id]
-                        med[s.id] = float(np.median(times))
-                        res.round_medians_ms.append(med[s.id])
-                    base = specs[0].id
-                    if base in med:
-                        for sid, m in med.items():
-                            results[sid].ratios.append(med[base] / m)
+                    orders.append(_one_round(r, live, by_id, results, reps, specs[0].id, pause_s, round_timeout))
                     if progress:
                         progress(r + 1, rounds)
             cpu1, wall = _cpu_seconds(workers), time.monotonic() - t0
@@ -367,25 +381,45 @@ def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: 
             loadavg_after = _loadavg()
             graceful = True
         finally:
-            _stop_workers(workers, graceful)
+            _stop_workers(list(by_id.values()), graceful)
     out = [results[s.id] for s in specs]
     reasons = noise_reasons(out, threads, (loadavg_before, loadavg_after), other_cores)
-    telemetry = {**tel.summary(), "policy": policy, "threads": int(threads), "worker_env": worker_env(policy),
+    telemetry = {**tel.summary(), "policy": policy.value, "threads": int(threads), "worker_env": policy.env(),
                  "loadavg_before": loadavg_before, "loadavg_after": loadavg_after, "other_load_cores": other_cores,
                  "orders": orders, "noisy": bool(reasons), "noise_reasons": reasons}
     return out, telemetry
 
 
 def bench_one(engine: str, artifact: str, feeds: dict[str, np.ndarray], threads: int, rounds: int = 5,
-              progress: Callable[[int, int], None] | None = None, policy: str = "dedicated",
+              progress: Callable[[int, int], None] | None = None, policy: str | ThreadPolicy = ThreadPolicy.DEDICATED,
               ) -> tuple[BenchResult, dict]:
-    """Time one model alone (`edgeslim bench`): `bench_rounds` with a single spec."""
+    """Time one model alone: `bench_rounds` with a single spec."""
     res, tel = bench_rounds([BenchSpec(id="model", engine=engine, artifact=artifact)], feeds, threads, rounds,
                             policy=policy, progress=progress)
     return res[0], tel
 
 
-def machine_info(threads: int) -> dict:
+def random_feeds(specs: list, shape: tuple[int, ...] | None, where: str) -> dict[str, np.ndarray]:
+    """Seeded inputs for timing a model whose inputs are `specs` (`edgeslim.model.TensorSpec`s): floats uniform in
+    [-1, 1], integers zero. `shape` fixes the first input's dims; a dynamic dim other than the batch that decides the
+    latency and is not given is an `InvalidParameterError` naming `where` with an example --shape."""
+    from .model import resolve_shape
+
+    feeds = {}
+    rng = np.random.default_rng(0)
+    for i, s in enumerate(specs):
+        dyn = [k for k, d in enumerate(s.shape) if not (isinstance(d, int) and d > 0)]
+        if (shape is None or i > 0) and any(k > 0 for k in dyn):
+            example = "x".join(str(d) if isinstance(d, int) and d > 0 else ("1" if k == 0 else "N") for k, d in enumerate(s.shape))
+            raise InvalidParameterError(f"{where}: input {s.name!r} {list(s.shape)} has dynamic dims {[k for k in dyn if k > 0]} "
+                                        f"that decide the latency. Pass --shape with real sizes, e.g. {example}.")
+        dims = resolve_shape(s, shape if i == 0 else None)
+        dt = np.dtype(s.dtype) if s.dtype not in ("?", None) else np.dtype(np.float32)
+        feeds[s.name] = rng.uniform(-1, 1, dims).astype(dt) if dt.kind == "f" else np.zeros(dims, dt)
+    return feeds
+
+
+def _cpu_flags() -> tuple[str, list[str]]:
     cpu, flags = platform.processor() or platform.machine(), []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -397,10 +431,17 @@ def machine_info(threads: int) -> dict:
                 break
     except OSError:
         pass
-    import onnxruntime
+    return cpu, flags
 
+
+def machine_info(threads: int) -> dict:
+    """The machine a figure was measured on: CPU model and vector flags, cores, Python, and the version of every
+    installed engine's package under the package's name (e.g. `onnxruntime`)."""
+    from .engines import engine_versions
+
+    cpu, flags = _cpu_flags()
     return {"cpu": cpu, "flags": flags, "threads": threads, "cores": os.cpu_count(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
+            **engine_versions(), "platform": platform.platform()}
 
 
 def as_dict(r: BenchResult) -> dict:

@@ -19,7 +19,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Cache", "file_sha256", "tree_sha256", "versions", "key_of"]
+__all__ = ["Cache", "cache_dir", "file_sha256", "tree_sha256", "versions", "key_of"]
+
+
+def cache_dir() -> Path:
+    """Where edgeslim keeps what it fetched and measured: $EDGESLIM_CACHE, else ~/.cache/edgeslim."""
+    return Path(os.environ.get("EDGESLIM_CACHE", Path.home() / ".cache" / "edgeslim"))
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -78,8 +83,6 @@ class Cache:
     """`get(kind, key)` -> (entry dict, folder of stored files) or None; `put(kind, key, entry, files, blob)`."""
 
     def __init__(self, root: str | os.PathLike | None = None, enabled: bool = True) -> None:
-        from .zoo import cache_dir
-
         self.root = Path(root) if root is not None else cache_dir() / "runs"
         self.enabled = enabled
         self.hits = 0

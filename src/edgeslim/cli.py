@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from .console import Progress as _Progress
+from .console import table as _table
 from .errors import EdgeslimError, InvalidParameterError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -19,7 +21,7 @@ _state = {"debug": bool(os.environ.get("EDGESLIM_DEBUG"))}
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from ._version import __version__
 
         typer.echo(f"edgeslim {__version__}")
         raise typer.Exit(0)
@@ -42,56 +44,6 @@ def _parse_shape(shape: Optional[str]) -> Optional[tuple[int, ...]]:
     if any(d <= 0 for d in dims):
         raise InvalidParameterError(f"--shape {shape!r} has a dim <= 0. Write positive dims like 1x3x48x320.")
     return dims
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
-class _Progress:
-    """Rich progress bars, one per stage, fed by the library's (stage, advance, total) callback."""
-
-    def __init__(self, enabled: bool) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.p = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          TextColumn("eta"), TimeRemainingColumn(), console=_console(), disable=not enabled, transient=False)
-        self.tasks: dict[str, int] = {}
-
-    def __call__(self, stage: str, advance: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.p.add_task(stage, total=total or None)
-        elif advance == 0 and not stage.startswith(("benchmark", "candidates")):  # the stage starts again (e.g. one more trial)
-            self.p.reset(self.tasks[stage], total=total or None)
-        tid = self.tasks[stage]
-        if stage.startswith("benchmark"):
-            self.p.update(tid, completed=advance, total=total)
-            return
-        if total:
-            self.p.update(tid, total=total)
-        if advance:
-            self.p.advance(tid, advance)
-
-    def __enter__(self):
-        self.p.__enter__()
-        return self
-
-    def __exit__(self, *a):
-        self.p.__exit__(*a)
-
-
-def _table(title: str, headers: list[str], rows: list[list[str]]):
-    from rich.table import Table
-
-    t = Table(title=title)
-    for i, h in enumerate(headers):
-        t.add_column(h, no_wrap=i < len(headers) - 1, overflow="ellipsis" if i < len(headers) - 1 else "fold")
-    for r in rows:
-        t.add_row(*r)
-    return t
 
 
 @app.command()
@@ -236,9 +188,9 @@ def inspect(
 ) -> None:
     """Opset, inputs/outputs with dynamic dims, op census, parameters, MACs, file size."""
     from .model import inspect_model
-    from .zoo import ZOO, resolve
+    from .zoo import model_path
 
-    path = resolve(model) if (model in ZOO and not Path(model).exists()) else Path(model)
+    path = model_path(model)
     info = inspect_model(path, _parse_shape(shape))
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
@@ -271,7 +223,7 @@ def bench(
     from .engines import get_engine
     from .engines.base import thread_policy
     from .model import TensorSpec, input_specs, load_onnx, resolve_shape, run_all_tensors
-    from .zoo import ZOO, resolve
+    from .zoo import model_path
 
     shp = _parse_shape(shape)
     p = Path(model)
@@ -290,7 +242,7 @@ def bench(
             shp = tuple(default)
         m = None
     else:
-        path = resolve(model) if (model in ZOO and not p.exists()) else p
+        path = model_path(model)
         artifact = path
         m = load_onnx(path)
         specs = input_specs(m)
@@ -363,12 +315,12 @@ def quantize(
     from .recipes import get_recipe
     from .study import recipe_context
     from .tasks import get_task
-    from .zoo import ZOO, resolve
+    from .zoo import model_path
 
     r = get_recipe(recipe)
     if max_drop is not None and (not math.isfinite(max_drop) or max_drop < 0):
         raise InvalidParameterError(f"--max-drop {max_drop!r} is not valid: give a finite number >= 0, e.g. 0.005.")
-    path = resolve(model) if (model in ZOO and not Path(model).exists()) else Path(model)
+    path = model_path(model)
     original = load_onnx(path)
     t = get_task(task).bind(original)
     check_output_file(out, force=force, inputs=(path,))  # before any work

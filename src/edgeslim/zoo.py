@@ -13,10 +13,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import cache_dir, file_sha256
 from .errors import ModelLoadError
 from .registry import Registry
 
-__all__ = ["ZooEntry", "ZOO", "resolve", "DEFAULT_MODEL", "cache_dir"]
+__all__ = ["ZooEntry", "ZOO", "resolve", "model_path", "DEFAULT_MODEL", "cache_dir"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,14 +71,15 @@ ZOO.register("objectron-chair")(ZooEntry(
     description="MediaPipe Objectron single-stage chair model, 640x480, full-integer int8 (terryky/tflite_gles_app)"))
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("EDGESLIM_CACHE", Path.home() / ".cache" / "edgeslim"))
-
-
 def _sha256(p: Path) -> str:
-    from .cache import file_sha256
-
     return file_sha256(p)
+
+
+def model_path(model: str | os.PathLike, local_dir: str | os.PathLike | None = None) -> Path:
+    """A model argument as a path: an existing file as given, else a zoo name resolved (fetched if needed)."""
+    if str(model) in ZOO and not Path(model).exists():
+        return resolve(str(model), local_dir)
+    return Path(model)
 
 
 def resolve(name: str, local_dir: str | os.PathLike | None = None) -> Path:

@@ -25,9 +25,25 @@ def list_engines(pattern: str = "*") -> list[str]:
     return ENGINES.names(pattern)
 
 
+DEFAULT_ENGINE = "ort"  # the engine recipes hand their rewritten ONNX models to, and the baseline's
+
+
+def engine_versions() -> dict[str, str]:
+    """{package name: version} of every installed engine (e.g. {"onnxruntime": "1.24.1", "MNN": "3.6.1"})."""
+    out = {}
+    for n in available_engines():
+        e = get_engine(n)
+        try:
+            out[e.package] = str(e.version())
+        except Exception:  # a package that imports but cannot say its version
+            out[e.package] = "?"
+    return out
+
+
 def available_engines() -> list[str]:
     """Registered engines whose packages are installed (the default of `optimize --engines`)."""
     return [n for n in ENGINES.names() if ENGINES.get(n)().available()]
 
 
-__all__ = ["Engine", "Runner", "ENGINES", "register_engine", "get_engine", "list_engines", "available_engines"]
+__all__ = ["Engine", "Runner", "ENGINES", "register_engine", "get_engine", "list_engines", "available_engines", "engine_versions",
+           "DEFAULT_ENGINE"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 import onnx
 
 from ..errors import EdgeslimError, InvalidParameterError
+from ..policy import ThreadPolicy
 
 __all__ = ["Engine", "Runner", "Feeds", "EngineError", "EngineUnavailableError", "ConversionError", "ParityError",
            "CPU_POLICIES", "thread_policy", "read_meta", "write_meta", "meta_path"]
@@ -34,28 +35,16 @@ class ParityError(EngineError):
     """A converted model's outputs disagree with onnxruntime fp32 beyond the tolerance (or hold NaN/Inf)."""
 
 
-CPU_POLICIES = ("dedicated", "shared")
+CPU_POLICIES = tuple(p.value for p in ThreadPolicy)
 
 
-def thread_policy(policy: str) -> dict:
-    """What each engine's own API needs to reproduce a policy. dedicated: pool threads spin between runs (fastest on
-    an idle CPU); shared: they sleep at once (fastest when other work competes for the cores).
-
-    `OMP_WAIT_POLICY` is read once, when the OpenMP runtime loads (ncnn's `import`), so it belongs in the environment
-    of a fresh process; `ncnn_openmp_blocktime` (`net.opt.openmp_blocktime`, ms) only reaches LLVM/Intel OpenMP
-    builds: GCC's libgomp, which the PyPI ncnn wheel bundles, ignores it.
+def thread_policy(policy: str | ThreadPolicy) -> dict:
+    """deploy.json's `runtime.thread_policy` for a policy (see `edgeslim.policy.ThreadPolicy`).
 
     >>> thread_policy("shared")["OMP_WAIT_POLICY"]
     'PASSIVE'
     """
-    if policy not in CPU_POLICIES:
-        raise InvalidParameterError(f"CPU policy {policy!r} is not one of {', '.join(CPU_POLICIES)}. Use dedicated "
-                                    "on an otherwise idle CPU, shared when other work competes for the cores.")
-    spin = policy == "dedicated"
-    flag = "1" if spin else "0"
-    return {"policy": policy, "OMP_WAIT_POLICY": "ACTIVE" if spin else "PASSIVE",
-            "ort_session_config": {"session.intra_op.allow_spinning": flag, "session.inter_op.allow_spinning": flag},
-            "ncnn_openmp_blocktime": 20 if spin else 0}
+    return ThreadPolicy.of(policy).to_dict()
 
 
 class Runner(Protocol):
@@ -118,6 +107,32 @@ class Engine:
     def size_bytes(self, artifact: Path) -> int:
         return sum(p.stat().st_size for p in self.artifact_files(Path(artifact)) if p.exists())
 
+    # ---- deployment: what an output folder holds for this engine ------------------------------------------------
+
+    # the Python package a delivered folder needs (what predict.py imports and deploy.json names)
+    package = "?"
+    # the engine's files in an output folder, by role, and the role of the main one (the file `load` is given)
+    model_files: dict[str, str] = {}
+    main_role = "?"
+    # what each role is, for deploy.json's file list
+    roles: dict[str, str] = {}
+
+    def deploy_layout(self, artifact: Path, source: Any | None) -> dict:
+        """How a candidate's artifact becomes an output folder: `{"copies": {src path: name in the folder},
+        "options": engine runtime options (deploy.json runtime.options), "inputs", "outputs": [{name, shape, dtype}],
+        "note": optional text for deploy.json's runtime}`. `source` is the ONNX model (path or ModelProto) the artifact
+        came from, for the shapes an engine file does not carry."""
+        raise NotImplementedError
+
+    def bare_files(self, path: Path) -> dict[str, str] | None:
+        """`model_files` of a model file given outside an output folder, when this engine runs it; else None."""
+        return None
+
+    def template_path(self) -> Path:
+        """The engine part of the delivered predict.py: a module defining `make_runner(ROOT, D) -> run(feeds)` that
+        imports only the engine's package and numpy (edgeslim/engines/templates/<name>.py)."""
+        return Path(__file__).parent / "templates" / f"{self.name}.py"
+
 
 def meta_path(artifact: Path) -> Path:
     """The sidecar holding what the engine file cannot: ONNX names, precision, runtime options."""
@@ -140,3 +155,15 @@ def read_meta(artifact: Path, engine: str) -> dict:
         return json.loads(p.read_text())
     except ValueError as e:
         raise EngineError(f"{p} is not valid JSON ({e}). Convert the model again.") from None
+
+
+def sidecar_files(path: Path, engine: str, files: dict[str, str]) -> dict[str, str] | None:
+    """`files` when `path` has an edgeslim sidecar naming `engine` (how mnn and ncnn recognise a bare model file)."""
+    mp = meta_path(path)
+    if not mp.is_file():
+        return None
+    try:
+        meta = json.loads(mp.read_text())
+    except ValueError:
+        return None
+    return files if isinstance(meta, dict) and meta.get("engine") == engine else None

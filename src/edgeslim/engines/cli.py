@@ -29,7 +29,7 @@ def convert(
     from ..errors import InvalidParameterError
     from ..model import load_onnx
     from ..tasks import get_task
-    from ..zoo import ZOO, resolve
+    from ..zoo import model_path
     from . import get_engine
     from .parity import convert_checked, parity_path
 
@@ -37,7 +37,7 @@ def convert(
         raise InvalidParameterError("--parity-samples and --calib must be 1 or more. Pass e.g. --parity-samples 8.")
     eng = get_engine(to)
     eng.check_precision(precision)
-    path = resolve(model) if (model in ZOO and not Path(model).exists()) else Path(model)
+    path = model_path(model)
     from ..outdir import check_output_file
 
     check_output_file(out, force=force, inputs=(path,))  # before any work

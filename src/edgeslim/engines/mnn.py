@@ -31,7 +31,9 @@ import onnx
 
 from . import register_engine
 from ._subprocess import describe_failure, run_python
-from .base import INSTALL_HINT, ConversionError, Engine, EngineError, EngineUnavailableError, Feeds, read_meta, write_meta
+from ._io import io_from_meta
+from .base import (INSTALL_HINT, ConversionError, Engine, EngineError, EngineUnavailableError, Feeds, meta_path, read_meta,
+                   sidecar_files, write_meta)
 
 __all__ = ["MnnEngine", "MnnRunner", "MNN_PRECISIONS"]
 
@@ -196,6 +198,20 @@ class MnnEngine(Engine):
     suffix = ".mnn"
     # low/bf16 give fp32 results on x86 builds without fp16/bf16 kernels, so they are not tried by default
     default_precisions = ("fp32", "int8")
+    package = "MNN"
+    model_files = {"mnn": "model.mnn"}
+    main_role = "mnn"
+    roles = {"mnn": "mnn model"}
+
+    def deploy_layout(self, artifact: Path, source=None) -> dict:
+        meta = read_meta(artifact, self.name)
+        inputs, outputs = io_from_meta(meta, source)
+        copies = {artifact: "model.mnn", meta_path(artifact): "model.mnn.json"}
+        options = {"backend": "CPU", "precision": meta.get("runtime_precision", "normal"), "memory": meta.get("memory", "normal")}
+        return {"copies": copies, "options": options, "inputs": inputs, "outputs": outputs}
+
+    def bare_files(self, path: Path) -> dict[str, str] | None:
+        return sidecar_files(path, self.name, {"mnn": path.name})
 
     def available(self) -> bool:
         return importlib.util.find_spec("MNN") is not None

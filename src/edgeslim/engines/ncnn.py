@@ -28,7 +28,9 @@ import onnx
 
 from . import register_engine
 from ._subprocess import call_function, describe_failure, run_tool
-from .base import INSTALL_HINT, ConversionError, Engine, EngineError, EngineUnavailableError, Feeds, read_meta, write_meta
+from ._io import io_from_meta
+from .base import (INSTALL_HINT, ConversionError, Engine, EngineError, EngineUnavailableError, Feeds, meta_path, read_meta,
+                   sidecar_files, write_meta)
 from .ncnn_format import QUANT_TYPES as _QUANT_TYPES
 from .ncnn_format import _parse_param, codebook_errors, codebook_weights, codebooks, quantize_int8, read_table, weight_scales, write_table
 from .ncnn_format import unsupported_layers as _unsupported_layers
@@ -262,6 +264,24 @@ class NcnnEngine(Engine):
     # the original's CER (benchmarks/ncnn_codebook.py); ask for it with --engine-precisions ncnn:bf16-w8 (with
     # --objective size it is then the pick).
     default_precisions = ("fp32", "bf16", "int8-mixed")
+    package = "ncnn"
+    # ncnn's runtime finds the .param by replacing the .bin's last suffix, so the pair keeps the `model.ncnn.` stem
+    model_files = {"param": "model.ncnn.param", "bin": "model.ncnn.bin"}
+    main_role = "bin"
+    roles = {"param": "ncnn graph (.param)", "bin": "ncnn weights (.bin)"}
+
+    def deploy_layout(self, artifact: Path, source=None) -> dict:
+        meta = read_meta(artifact, self.name)
+        inputs, outputs = io_from_meta(meta, source)
+        copies = {artifact: "model.ncnn.bin", artifact.with_suffix(".param"): "model.ncnn.param",
+                  meta_path(artifact): "model.ncnn.bin.json"}
+        options = {"use_vulkan_compute": False, **{k: bool(v) for k, v in meta.get("options", {}).items()}}
+        return {"copies": copies, "options": options, "inputs": inputs, "outputs": outputs,
+                "note": "ncnn has no batch axis: feed each sample's CHW array to the ncnn_blob of each input, "
+                        "read outputs from the ncnn_blob of each output"}
+
+    def bare_files(self, path: Path) -> dict[str, str] | None:
+        return sidecar_files(path, self.name, {"bin": path.name, "param": path.with_suffix(".param").name})
 
     def available(self) -> bool:
         return importlib.util.find_spec("ncnn") is not None and importlib.util.find_spec("pnnx") is not None

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 
 from . import register_engine
+from ._io import external_data_files, onnx_header, onnx_value_infos
 from .base import Engine, thread_policy
 
 
@@ -37,6 +38,23 @@ class OrtRunner:
 class OrtEngine(Engine):
     name = "ort"
     suffix = ".onnx"
+    package = "onnxruntime"
+    model_files = {"onnx": "model.onnx"}
+    main_role = "onnx"
+    roles = {"onnx": "onnx model"}
+
+    def deploy_layout(self, artifact: Path, source=None) -> dict:
+        model = onnx_header(artifact)
+        copies = {artifact: self.model_files["onnx"]}
+        for loc in external_data_files(model):  # big models keep weights beside the graph, under their own names
+            copies[artifact.parent / loc] = loc
+        inputs, outputs = onnx_value_infos(model)
+        options = {"execution_provider": "CPUExecutionProvider", "graph_optimization_level": "ORT_ENABLE_ALL",
+                   "inter_op_num_threads": 1}
+        return {"copies": copies, "options": options, "inputs": inputs, "outputs": outputs}
+
+    def bare_files(self, path: Path) -> dict[str, str] | None:
+        return {"onnx": path.name} if path.suffix == ".onnx" else None
 
     def version(self) -> str:
         import onnxruntime

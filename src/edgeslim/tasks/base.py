@@ -71,9 +71,12 @@ class Task:
 
     # ---- deployment: the task's pre/post-processing as data, and back ----------------------------------------
 
-    # (usage, program body) of the engine-only predict.py for this task, when the task ships its own (see
-    # edgeslim.deploy.snippet); None: the deploy module's built-in programs (ocr-rec, classify, raw, embed)
-    deploy_program: tuple[str, str] | None = None
+    @classmethod
+    def program_path(cls) -> Path:
+        """The task's part of the delivered predict.py: a module defining `USAGE` and `main(run, D, ROOT, argv)` that
+        preprocesses the inputs, runs the model and prints the decoded result with numpy and OpenCV alone
+        (edgeslim/tasks/programs/<name>.py; see `edgeslim.deploy.snippet`)."""
+        return Path(__file__).parent / "programs" / f"{cls.name.replace('-', '_')}.py"
 
     def deploy_spec(self) -> dict:
         """`{"name", "preprocess", "postprocess"}`: everything a deployment needs to feed the model and read its

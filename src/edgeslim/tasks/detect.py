@@ -31,8 +31,7 @@ from ..errors import DataError, InvalidParameterError
 from . import register_task
 from .base import Batch, Task, read_image
 
-__all__ = ["DetectTask", "FaceImage", "match_level", "average_precision", "box_agreement", "read_face_folder",
-           "DEPLOY_SNIPPET"]
+__all__ = ["DetectTask", "FaceImage", "match_level", "average_precision", "box_agreement", "read_face_folder"]
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 LEVELS = ("easy", "medium", "hard")
@@ -419,68 +418,3 @@ class DetectTask(Task):
 
 # The body of `predict.py` for a detect deployment (edgeslim.deploy's snippet: its header defines D, ROOT and
 # run(feeds)). It repeats the decode with numpy alone, so a shipped folder needs no edgeslim.
-DEPLOY_SNIPPET = ('IMAGE [IMAGE ...]', '''
-PRE, POST = D["task"]["preprocess"], D["task"]["postprocess"]
-SIZE = PRE["input_size"]  # [h, w] of a fixed-size model, None for a dynamic one
-NAMES = POST["outputs"] if set(POST["outputs"]) >= {f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in (8, 16, 32)} \\
-    else [f"{k}_{s}" for k in ("cls", "obj", "bbox", "kps") for s in (8, 16, 32)]
-
-
-def preprocess(img):
-    """Scale down to fit a fixed input (never up), pad right/bottom with zeros to it (or to a multiple of 32)."""
-    h, w = img.shape[:2]
-    if SIZE is None:
-        scale, ph, pw = 1.0, math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
-    else:
-        (ph, pw), scale = SIZE, min(1.0, SIZE[0] / h, SIZE[1] / w)
-        if scale < 1.0:
-            img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))))
-    x = np.zeros((1, 3, ph, pw), np.float32)
-    x[0, :, : img.shape[0], : img.shape[1]] = img.transpose(2, 0, 1)
-    return x, scale
-
-
-def nms(boxes, scores, thr):
-    """Greedy NMS on truncated integer x y w h boxes, best score first."""
-    order, b = np.argsort(-scores, kind="stable"), np.trunc(boxes)
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        iw = np.clip(np.minimum(b[i, 0] + b[i, 2], b[rest, 0] + b[rest, 2]) - np.maximum(b[i, 0], b[rest, 0]), 0, None)
-        ih = np.clip(np.minimum(b[i, 1] + b[i, 3], b[rest, 1] + b[rest, 3]) - np.maximum(b[i, 1], b[rest, 1]), 0, None)
-        inter = iw * ih
-        union = b[i, 2] * b[i, 3] + b[rest, 2] * b[rest, 3] - inter
-        order = rest[np.where(union > 0, inter / np.where(union > 0, union, 1), 0) <= thr]
-    return np.array(keep, int)
-
-
-def detect(img):
-    x, scale = preprocess(img)
-    out = dict(zip(NAMES, run({PRE["input"]: x})))
-    ph, pw = x.shape[2:]
-    rows = []
-    for s in (8, 16, 32):
-        r, c = np.divmod(np.arange((ph // s) * (pw // s)), pw // s)
-        score = np.sqrt(np.clip(out[f"cls_{s}"][0, :, 0], 0, 1) * np.clip(out[f"obj_{s}"][0, :, 0], 0, 1))
-        k = score >= POST["score_threshold"]
-        bb, kp, r, c = out[f"bbox_{s}"][0][k], out[f"kps_{s}"][0][k], r[k], c[k]
-        w, h = np.exp(bb[:, 2]) * s, np.exp(bb[:, 3]) * s
-        box = np.stack([(c + bb[:, 0]) * s - w / 2, (r + bb[:, 1]) * s - h / 2, w, h], 1)
-        lm = np.stack([(kp[:, 0::2] + c[:, None]) * s, (kp[:, 1::2] + r[:, None]) * s], 2)
-        rows += [(box[i], lm[i], score[k][i]) for i in range(len(box))]
-    if not rows:
-        return []
-    keep = nms(np.array([q[0] for q in rows]), np.array([q[2] for q in rows]), POST["nms_threshold"])
-    return [(rows[i][0] / scale, rows[i][1] / scale, float(rows[i][2])) for i in keep]
-
-
-for path in sys.argv[2:]:
-    img = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        sys.exit(f"{path}: cannot decode the image")
-    for k, (box, lm, score) in enumerate(detect(img)):
-        print(f"{path}\\tface {k}\\tscore {score:.3f}\\tbox " + ",".join(f"{v:.1f}" for v in box))
-''')
-
-DetectTask.deploy_program = DEPLOY_SNIPPET

@@ -21,15 +21,13 @@ _DIR_HELP = "Folder holding pre-fetched weights (else the cache, else a download
 
 
 def _detector(model: str, models_dir: Optional[Path], threads: int, score: float = 0.6):
-    from ...zoo import ZOO, resolve
+    from ...zoo import model_path
     from .yunet import YunetConfig, YunetDetector
 
     cfg = YunetConfig(score_threshold=score)
     cfg.validate()
-    p = Path(model)
-    if model in ZOO and not p.exists():
-        p = resolve(model, local_dir=models_dir)
-    elif not p.exists():
+    p = model_path(model, local_dir=models_dir)
+    if not p.exists():
         raise InvalidParameterError(f"--model {model}: no such file, folder or zoo model. Pass a YuNet .onnx, an "
                                     "optimize output folder, or one of: yunet-s-dynamic, yunet-s, yunet-n.")
     return YunetDetector.from_model(p, threads=threads, config=cfg)

@@ -93,7 +93,8 @@ def optimize_command(opts: dict, as_json: bool = False, command: list[str] | Non
     into the output folder; renders a table (or prints pipeline.json with --json)."""
     import sys
 
-    from ...cli import _Progress, _table
+    from ...console import Progress as _Progress
+    from ...console import table as _table
     from ...outdir import OutputDir
     from .optimize import optimize_pipeline
 

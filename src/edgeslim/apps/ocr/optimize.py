@@ -155,7 +155,7 @@ def optimize_pipeline(opts: dict[str, Any], folder: Path, *, det_limit: str = "m
     (default: the bundled photo set) against the original zoo pipeline. `opts` are resolved options of the main job
     (`edgeslim.api.resolve_options`); `data` is a labelled photo folder (the `ocr-det` format), the recognizer
     always uses its own bundled line set."""
-    from ... import __version__
+    from ..._version import __version__
     from ...api import save_outputs, study_config
     from ...bench import machine_info
     from ...study import optimize as run_study

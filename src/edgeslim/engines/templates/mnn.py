@@ -1,0 +1,34 @@
+"""The MNN part of a delivered predict.py: a runner with deploy.json's threads and options."""
+
+import os
+
+import numpy as np
+
+
+def make_runner(ROOT, D):
+    """{input name: float32 array with batch axis} -> list of outputs, by MNN alone."""
+    import MNN.expr as F
+    import MNN.nn as nn
+
+    RT = D["runtime"]
+    INPUTS = [t["name"] for t in D["inputs"]]
+    OUTPUTS = [t["name"] for t in D["outputs"]]
+    opts = RT["options"]
+    config = {"backend": opts["backend"], "precision": opts["precision"], "numThread": RT["threads"]}
+    if opts["memory"] != "normal":
+        config["memory"] = opts["memory"]
+    runtime = nn.create_runtime_manager((config,))
+    net = nn.load_module_from_file(os.path.join(ROOT, D["model_files"]["mnn"]), INPUTS, OUTPUTS,
+                                   runtime_manager=runtime, shape_mutable=True)
+
+    def run(feeds):
+        xs = [np.ascontiguousarray(feeds[n], dtype=np.float32) for n in INPUTS]
+        outs = net.forward([F.const(x, list(x.shape), F.NCHW) for x in xs])
+        res = []
+        for o in outs:
+            if o.data_format == F.NC4HW4:
+                o = F.convert(o, F.NCHW)
+            res.append(np.array(o.read(), dtype=np.float32, copy=True))
+        return res
+
+    return run
