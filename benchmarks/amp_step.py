@@ -10,7 +10,7 @@ Models (each built once per variant from the same seed, trained on real data):
 - ``conv``: the fp32 MnistBNN shape (3x3 convs 32-64-64-128-128 with batch norm, GAP, linear) on MNIST, batch 64,
   Adam: the small conv net of the first AMP benchmark.
 
-Variants: ``fp32``; ``amp`` = ``edgeslim.train.amp.amp_step(AmpConfig(dtype="bfloat16"))`` (white/black op lists,
+Variants: ``fp32``; ``amp`` = ``edgeslim.research.train.amp.amp_step(AmpConfig(dtype="bfloat16"))`` (white/black op lists,
 cached bf16 weights, no loss scaling for bf16); ``torch_autocast`` = ``torch.autocast("cpu", torch.bfloat16)``
 for reference. All run in this process with 2 threads (OMP_WAIT_POLICY=PASSIVE unless set), interleaved in
 rounds whose order rotates; the speedup is the median of per-round ratios fp32 step / variant step.
@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import SHARED  # noqa: E402
 
-from edgeslim.train.amp import AmpConfig, amp_step, cpu_bf16_isa  # noqa: E402
+from edgeslim.research.train.amp import AmpConfig, amp_step, cpu_bf16_isa  # noqa: E402
 
 MODELS = ("mlp", "minilm", "conv")
 VARIANTS = ("fp32", "amp", "torch_autocast")
@@ -90,7 +90,7 @@ class Case:
 
 
 def _mnist():
-    from edgeslim.train.data import load_mnist, split
+    from edgeslim.research.train.data import load_mnist, split
 
     images, labels = load_mnist(SHARED / "data")
     tr, te = split(len(images), test_fraction=0.2, seed=0)
@@ -130,7 +130,7 @@ def mlp_case(hidden: tuple[int, ...] = (4096, 4096, 1024), batch: int = 256) -> 
 
 
 def conv_case() -> Case:
-    from edgeslim.train.bnn import MnistBNN
+    from edgeslim.research.train.bnn import MnistBNN
 
     xtr, ytr, xte, yte = _mnist()
     xtr, xte = xtr[:, None].contiguous(), xte[:, None].contiguous()
@@ -152,7 +152,7 @@ class PairCosine(nn.Module):
         self.encoder = encoder
 
     def forward(self, xb: torch.Tensor) -> torch.Tensor:
-        from edgeslim.train.theseus import embed
+        from edgeslim.research.train.theseus import embed
 
         e = embed(self.encoder, xb[0], xb[1])
         n = e.shape[0] // 2
@@ -161,8 +161,8 @@ class PairCosine(nn.Module):
 
 def minilm_case() -> Case:
     from edgeslim.tasks.embed import read_pairs
-    from edgeslim.train.theseus import encode_texts, load_encoder
-    from edgeslim.train.theseus_cli import resolve_model_dir
+    from edgeslim.research.train.theseus import encode_texts, load_encoder
+    from edgeslim.research.train.cli import resolve_model_dir
 
     pairs = read_pairs(SHARED / "data" / "stsb" / "sts-dev.csv")
     encoder, tokenizer = load_encoder(resolve_model_dir("all-MiniLM-L6-v2"))
@@ -240,7 +240,7 @@ def time_case(case: Case, rounds: int, variants=VARIANTS, warmup: int = 2) -> di
 
 def loss_run(case: Case, steps: int, variants=("fp32", "amp")) -> dict:
     """Train fresh copies on the same batches; the last-10-step mean loss (and test accuracy) per variant."""
-    from edgeslim.train.loop import evaluate
+    from edgeslim.research.train.loop import evaluate
 
     fns = step_fns(case.loss_fn)
     out = {}
@@ -274,7 +274,7 @@ def emulated_avx2(rounds: int) -> dict:
 def _worker(rounds: int) -> None:
     import warnings
 
-    from edgeslim.train.amp import AmpPerformanceWarning
+    from edgeslim.research.train.amp import AmpPerformanceWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

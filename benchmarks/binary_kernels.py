@@ -56,9 +56,9 @@ import torch  # noqa: E402
 from numba import njit  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from edgeslim.kernels import _binary_avx512 as avx  # noqa: E402
-from edgeslim.kernels import binary as bk  # noqa: E402
-from edgeslim.kernels import binary_ref as ref  # noqa: E402
+from edgeslim.research.kernels import _binary_avx512 as avx  # noqa: E402
+from edgeslim.research.kernels import binary as bk  # noqa: E402
+from edgeslim.research.kernels import binary_ref as ref  # noqa: E402
 
 
 def ort_session(model: onnx.ModelProto, threads: int, spinning: bool) -> ort.InferenceSession:

@@ -32,9 +32,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bnn_mnist import default_data  # noqa: E402
 
-from edgeslim.train.bnn import MnistBNN, set_binarization  # noqa: E402
-from edgeslim.train.data import load_mnist, split  # noqa: E402
-from edgeslim.train.loop import FitConfig, evaluate, fit, random_shift, recalibrate_bn  # noqa: E402
+from edgeslim.research.train.bnn import MnistBNN, set_binarization  # noqa: E402
+from edgeslim.research.train.data import load_mnist, split  # noqa: E402
+from edgeslim.research.train.loop import FitConfig, evaluate, fit, random_shift, recalibrate_bn  # noqa: E402
 
 
 def main() -> None:

@@ -40,9 +40,9 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from edgeslim.train.bnn import MnistBNN, export_packed  # noqa: E402
-from edgeslim.train.data import load_mnist, split  # noqa: E402
-from edgeslim.train.loop import FitConfig, evaluate, fit, random_shift, two_step  # noqa: E402
+from edgeslim.research.train.bnn import MnistBNN, export_packed  # noqa: E402
+from edgeslim.research.train.data import load_mnist, split  # noqa: E402
+from edgeslim.research.train.loop import FitConfig, evaluate, fit, random_shift, two_step  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +58,8 @@ def code_version() -> str:
     """Hash of the code that trains and defines the models (a cached model of older code is not reused)."""
     import hashlib
 
-    import edgeslim.train.bnn as bnn
-    import edgeslim.train.loop as loop
+    import edgeslim.research.train.bnn as bnn
+    import edgeslim.research.train.loop as loop
 
     h = hashlib.sha256(Path(bnn.__file__).read_bytes() + Path(loop.__file__).read_bytes() + Path(__file__).read_bytes())
     return h.hexdigest()[:10]

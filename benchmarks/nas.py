@@ -49,7 +49,7 @@ def optimize_check(res: dict, out: Path, data: Path, n: int = 300) -> dict:
     import cv2
 
     from edgeslim.api import optimize
-    from edgeslim.train.data import load_mnist, split
+    from edgeslim.research.train.data import load_mnist, split
 
     images, labels = load_mnist(data)
     _, te = split(len(images), test_fraction=0.2, seed=0)
@@ -84,9 +84,9 @@ def main() -> None:
     ap.add_argument("--optimize-check", action="store_true")
     args = ap.parse_args()
 
-    from edgeslim.nas.latency import LatencyConfig
-    from edgeslim.nas.run import NasConfig, plot_front, run_nas, write_outputs
-    from edgeslim.nas.search import SearchConfig
+    from edgeslim.research.nas.latency import LatencyConfig
+    from edgeslim.research.nas.run import NasConfig, plot_front, run_nas, write_outputs
+    from edgeslim.research.nas.search import SearchConfig
 
     t0 = time.monotonic()
     cfg = NasConfig(budget_minutes=args.budget_minutes, finetune_epochs=args.finetune_epochs, max_front=args.max_front,

@@ -3,7 +3,7 @@
     python benchmarks/seed_reformer.py           # full run; writes benchmarks/results/seed_reformer.json
     python benchmarks/seed_reformer.py --quick   # tiny settings (under 2 minutes), writes nothing
 
-Both sides are :class:`edgeslim.train.reformer.CharLM` with the same weights' shapes, reversible layers and chunked
+Both sides are :class:`edgeslim.research.train.reformer.CharLM` with the same weights' shapes, reversible layers and chunked
 feed-forward; only ``attention`` differs ("lsh": n_hashes 4, chunk_len 64, about L/64 buckets; "full").
 
 1. Memory and step time at 1K, 4K and 16K tokens (batch 1, d_model 128, 4 heads, 2 layers, d_ff 512 in 4 chunks).
@@ -102,7 +102,7 @@ def _reset_peak() -> bool:
 def _worker(cfg: dict) -> dict:
     import torch
 
-    from edgeslim.train.reformer import CharLM, CharLMConfig, lm_loss
+    from edgeslim.research.train.reformer import CharLM, CharLMConfig, lm_loss
 
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(0)
@@ -248,7 +248,7 @@ def train_and_eval(*, seq_len: int, batch: int, steps: int, eval_windows: int, m
                    progress=print) -> dict:
     import torch
 
-    from edgeslim.train.reformer import CharLM, CharLMConfig, SharedQKAttention, lm_loss
+    from edgeslim.research.train.reformer import CharLM, CharLMConfig, SharedQKAttention, lm_loss
 
     torch.set_num_threads(THREADS)
     train_bytes, train_used = _read(TRAIN_FILES)

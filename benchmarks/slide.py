@@ -41,10 +41,10 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA
 
 import numpy as np  # noqa: E402
 
-from edgeslim.slide.data import SyntheticConfig, make_synthetic_xmc  # noqa: E402
-from edgeslim.slide.hashing import HashConfig  # noqa: E402
-from edgeslim.slide.network import init_params, warmup  # noqa: E402
-from edgeslim.slide.train import (  # noqa: E402
+from edgeslim.research.slide.data import SyntheticConfig, make_synthetic_xmc  # noqa: E402
+from edgeslim.research.slide.hashing import HashConfig  # noqa: E402
+from edgeslim.research.slide.network import init_params, warmup  # noqa: E402
+from edgeslim.research.slide.train import (  # noqa: E402
     Checkpoint, FitConfig, FitRun, fit_interleaved, make_trainer, p1_standard_error, plot_p1_vs_time, time_to_reach)
 
 HERE = Path(__file__).resolve().parent

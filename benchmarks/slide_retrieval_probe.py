@@ -27,10 +27,10 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA
 
 import numpy as np  # noqa: E402
 
-from edgeslim.slide.baselines import TorchConfig, TorchSampledTrainer  # noqa: E402
-from edgeslim.slide.data import SyntheticConfig, make_synthetic_xmc  # noqa: E402
-from edgeslim.slide.network import get_backend, init_params  # noqa: E402
-from edgeslim.slide.train import FitConfig, FitRun  # noqa: E402
+from edgeslim.research.slide.baselines import TorchConfig, TorchSampledTrainer  # noqa: E402
+from edgeslim.research.slide.data import SyntheticConfig, make_synthetic_xmc  # noqa: E402
+from edgeslim.research.slide.network import get_backend, init_params  # noqa: E402
+from edgeslim.research.slide.train import FitConfig, FitRun  # noqa: E402
 
 GRID = [(10, 16), (10, 32), (8, 32), (6, 32), (8, 64), (12, 64)]
 DWTA_GRID = [(2, 32), (3, 32), (4, 32), (3, 64)]  # bins of 8 coordinates: 3 bits per hash
@@ -85,8 +85,8 @@ def simhash_recall(Q, W, top5, K, L, cap, rng):
 
 
 def dwta_recall(Q, W, top5, K, L, cap):
-    """DWTA codes from `edgeslim.slide.hashing.LSHTables` (bins of 8, densification included)."""
-    from edgeslim.slide.hashing import HashConfig, LSHTables
+    """DWTA codes from `edgeslim.research.slide.hashing.LSHTables` (bins of 8, densification included)."""
+    from edgeslim.research.slide.hashing import HashConfig, LSHTables
 
     t = LSHTables(HashConfig(family="dwta", K=K, L=L, bin_size=8, range_pow=24), dim=Q.shape[1], backend="numba")
     return recall_from_codes(t.codes(W), t.codes(Q), top5, cap)

@@ -142,8 +142,8 @@ def main() -> None:
     from edgeslim.tasks.embed import EmbedTask, read_pairs
     from edgeslim.tasks.base import evaluate
     from edgeslim.engines import get_engine
-    from edgeslim.train import theseus as T
-    from edgeslim.train.theseus_cli import resolve_model_dir
+    from edgeslim.research.train import theseus as T
+    from edgeslim.research.train.cli import resolve_model_dir
 
     torch.set_num_threads(args.train_threads)
     work = args.work

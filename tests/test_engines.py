@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeslim.engines import ENGINES, available_engines, get_engine, list_engines
+from edgeslim.engines import available_engines, get_engine, list_engines
 from edgeslim.engines.base import ConversionError, EngineUnavailableError, ParityError, read_meta
 from edgeslim.engines.parity import check_parity, compare_outputs, convert_checked, parity_path
 from edgeslim.errors import EdgeslimError, InvalidParameterError

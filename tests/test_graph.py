@@ -3,7 +3,8 @@ import collections
 import numpy as np
 import onnx
 
-from edgeslim.graph import constants_to_initializers, fold_affine_into_pointwise_conv, fold_conv_affine, fuse_hardswish, opset_of, simplify, upgrade_opset
+from edgeslim.graph import (constants_to_initializers, fold_affine_into_pointwise_conv, fold_conv_affine, fuse_hardswish, opset_of,
+                            simplify, upgrade_opset)
 from edgeslim.model import load_onnx
 
 from conftest import run_ort, tiny_conv_model

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edgeslim.errors import EdgeslimError, ShapeError
-from edgeslim.kernels import binary as nbk
-from edgeslim.kernels import binary_ref as ref
+from edgeslim.research.kernels import binary as nbk
+from edgeslim.research.kernels import binary_ref as ref
 
 IMPLS = [ref, nbk]
 

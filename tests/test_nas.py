@@ -1,4 +1,4 @@
-"""edgeslim.nas: selection against hand-worked fronts, the search space, weight sharing, subnet export, and a tiny
+"""edgeslim.research.nas: selection against hand-worked fronts, the search space, weight sharing, subnet export, and a tiny
 2-worker Ray search that gives the same result with 1 worker."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from edgeslim.errors import InvalidParameterError
-from edgeslim.nas.evolution import (dominates, hypervolume_2d, non_dominated_sort, nsga3_select, pnsga3_select,
+from edgeslim.research.nas.evolution import (dominates, hypervolume_2d, non_dominated_sort, nsga3_select, pnsga3_select,
                                     reference_points)
-from edgeslim.nas.space import mnist_space
+from edgeslim.research.nas.space import mnist_space
 
 from conftest import SHARED
 
@@ -107,7 +107,7 @@ def _arch(space, rng, kernel_index=None):
 
 
 def test_subnet_weights_are_views_of_the_supernet():
-    from edgeslim.nas.supernet import SuperNet
+    from edgeslim.research.nas.supernet import SuperNet
 
     torch.manual_seed(0)
     space = mnist_space()
@@ -134,7 +134,7 @@ def test_subnet_weights_are_views_of_the_supernet():
 def test_exported_subnet_equals_the_supernet_path():
     import onnxruntime as ort
 
-    from edgeslim.nas.supernet import SubNet, SuperNet, calibrate_bn, count_params, export_onnx
+    from edgeslim.research.nas.supernet import SubNet, SuperNet, calibrate_bn, count_params, export_onnx
 
     torch.manual_seed(0)
     space = mnist_space()
@@ -159,7 +159,7 @@ def test_exported_subnet_equals_the_supernet_path():
 # ------------------------------------------------------------------------------------------------ Ray
 @pytest.fixture(scope="module")
 def mnist_small():
-    from edgeslim.nas.data import SearchData, load_data
+    from edgeslim.research.nas.data import SearchData, load_data
 
     d = load_data(SHARED / "data" / "mnist")
     assert (len(d.x_train), len(d.x_val), len(d.x_test)) == (7000, 1000, 2000)
@@ -172,8 +172,8 @@ def test_tiny_search_on_two_ray_workers_matches_one_worker(mnist_small):
     pytest.importorskip("ray")
     import ray
 
-    from edgeslim.nas.latency import LatencyConfig
-    from edgeslim.nas.search import SearchConfig, baseline_model, init_ray, search
+    from edgeslim.research.nas.latency import LatencyConfig
+    from edgeslim.research.nas.search import SearchConfig, baseline_model, init_ray, search
 
     space = mnist_space()
     ref = baseline_model(space).rgb().eval()

@@ -12,8 +12,8 @@ torch = pytest.importorskip("torch")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from edgeslim.errors import InvalidParameterError, ShapeError  # noqa: E402
-from edgeslim.train import reformer  # noqa: E402
-from edgeslim.train.reformer import (  # noqa: E402
+from edgeslim.research.train import reformer  # noqa: E402
+from edgeslim.research.train.reformer import (  # noqa: E402
     CharLM,
     CharLMConfig,
     ChunkedFeedForward,
@@ -91,7 +91,7 @@ def test_lsh_attention_gradients_match_finite_differences(monkeypatch, group_ele
     buckets = hash_buckets(qk, n_buckets=4, n_hashes=2)
     for causal in (False, True):
         assert torch.autograd.gradcheck(
-            lambda a, b: lsh_attention(a, b, n_buckets=4, chunk_len=4, causal=causal, buckets=buckets), (qk, v))
+            lambda a, b, causal=causal: lsh_attention(a, b, n_buckets=4, chunk_len=4, causal=causal, buckets=buckets), (qk, v))
     torch.testing.assert_close(lsh_attention(qk, v, n_buckets=4, chunk_len=4, buckets=buckets),
                                _union_reference(qk.detach(), v.detach(), buckets, 4, False))
 
@@ -247,7 +247,7 @@ def test_char_lm_loss_falls_on_a_tiny_text():
     opt = torch.optim.Adam(lm.parameters(), lr=3e-3)
     starts = torch.arange(0, len(data) - 33, 7)
     losses = []
-    for step in range(40):
+    for _ in range(40):
         idx = starts[torch.randint(0, len(starts), (8,))]
         batch = torch.stack([data[s:s + 33] for s in idx.tolist()])
         loss = lm_loss(lm, batch)

@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from edgeslim.slide.cli import app
-from edgeslim.slide.data import SyntheticConfig, make_synthetic_xmc, save_xmc
+from edgeslim.research.slide.cli import app
+from edgeslim.research.slide.data import SyntheticConfig, make_synthetic_xmc, save_xmc
 
 
 def test_train_synthetic_with_baselines_writes_history_and_plot(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgeslim.errors import DataError, InvalidParameterError
-from edgeslim.slide.data import SyntheticConfig, load_xmc, make_synthetic_xmc, save_xmc
+from edgeslim.research.slide.data import SyntheticConfig, load_xmc, make_synthetic_xmc, save_xmc
 
 
 def _write(tmp_path, text, name="d.txt"):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from edgeslim.errors import InvalidParameterError, NotFittedError, UnknownNameError
-from edgeslim.slide import _kernels as K_
-from edgeslim.slide import _reference as R_
-from edgeslim.slide.hashing import HASH_FAMILIES, HashConfig, LSHTables
+from edgeslim.research.slide import _kernels as K_
+from edgeslim.research.slide import _reference as R_
+from edgeslim.research.slide.hashing import HASH_FAMILIES, HashConfig, LSHTables
 
 
 def _pairs_at_cosine(rng, dim, cos, n):

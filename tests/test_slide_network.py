@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from edgeslim.errors import InvalidParameterError
-from edgeslim.slide import _kernels as K_
-from edgeslim.slide import _reference as R_
-from edgeslim.slide.data import SyntheticConfig, make_synthetic_xmc
-from edgeslim.slide.hashing import HashConfig
-from edgeslim.slide.network import SlideConfig, SlideNetwork, dense_scores, init_params
+from edgeslim.research.slide import _kernels as K_
+from edgeslim.research.slide import _reference as R_
+from edgeslim.research.slide.data import SyntheticConfig, make_synthetic_xmc
+from edgeslim.research.slide.hashing import HashConfig
+from edgeslim.research.slide.network import SlideConfig, SlideNetwork, dense_scores, init_params
 
 NF, NL, H = 400, 600, 16
 
@@ -174,12 +174,12 @@ def test_training_learns_and_tables_rebuild_on_a_decaying_schedule(data):
     train, test = data
     hc = HashConfig(K=4, L=8, bucket_size=32, rebuild_every=3, rebuild_growth=2.0, rebuild_max=24)
     net = SlideNetwork(n_features=NF, n_labels=NL, config=SlideConfig(hidden=32, max_active=60, lr=0.01, hash=hc))
-    from edgeslim.slide.network import precision_at_k
+    from edgeslim.research.slide.network import precision_at_k
 
     rows = np.arange(test.n_samples)
     p1_0 = precision_at_k(net.predict_topk(test, rows, 1), test, rows, 1)
     rebuild_steps, rng = [], np.random.default_rng(0)
-    for epoch in range(6):
+    for _ in range(6):
         order = rng.permutation(train.n_samples)
         for lo in range(0, train.n_samples, 50):
             before = net.tables.n_rebuilds_

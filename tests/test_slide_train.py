@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from edgeslim.errors import UnknownNameError
-from edgeslim.slide.data import SyntheticConfig, make_synthetic_xmc
-from edgeslim.slide.hashing import HashConfig
-from edgeslim.slide.network import init_params
-from edgeslim.slide.train import TRAINERS, Checkpoint, FitConfig, FitRun, fit, make_trainer, time_to_reach
+from edgeslim.research.slide.data import SyntheticConfig, make_synthetic_xmc
+from edgeslim.research.slide.hashing import HashConfig
+from edgeslim.research.slide.network import init_params
+from edgeslim.research.slide.train import TRAINERS, Checkpoint, FitConfig, FitRun, fit, make_trainer, time_to_reach
 
 NF, NL = 300, 400
 
@@ -34,7 +34,7 @@ def test_time_to_reach_counts_the_crossing_it_keeps():
 
 
 def test_p1_standard_error():
-    from edgeslim.slide.train import p1_standard_error
+    from edgeslim.research.slide.train import p1_standard_error
 
     assert p1_standard_error(0.5, 1000) == pytest.approx(0.0158, abs=1e-4)
     assert p1_standard_error(0.5, 5000) < p1_standard_error(0.5, 1000) / 2

@@ -85,7 +85,7 @@ TOKENIZER = Path(minilm.__file__).parent / "model" / "tokenizer.json"
 @pytest.fixture(scope="module")
 def toy():
     """(torch encoder, exported ONNX model): 2 layers, hidden 32, MiniLM's vocabulary, random weights."""
-    from edgeslim.train import theseus as T
+    from edgeslim.research.train import theseus as T
 
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -121,7 +121,7 @@ def _pairs_file(tmp_path: Path, n: int = 40) -> Path:
 
 
 def test_task_feeds_decodes_and_scores_as_torch(toy, tmp_path):
-    from edgeslim.train import theseus as T
+    from edgeslim.research.train import theseus as T
 
     model, m = toy
     task = get_task("embed").bind(m)

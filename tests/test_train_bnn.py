@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgeslim.errors import DataError, ModelLoadError, RecipeError, UnknownNameError
-from edgeslim.train.bnn import (
+from edgeslim.research.train.bnn import (
     BinaryConv2d,
     BinaryLinear,
     MnistBNN,
@@ -22,8 +22,8 @@ from edgeslim.train.bnn import (
     set_binarization,
     ste_sign,
 )
-from edgeslim.train.data import load_mnist, split
-from edgeslim.train.loop import FitConfig, fit, recalibrate_bn, two_step
+from edgeslim.research.train.data import load_mnist, split
+from edgeslim.research.train.loop import FitConfig, fit, recalibrate_bn, two_step
 
 DATA = next((p for p in (Path("/work/shared/data"), Path(__file__).resolve().parents[2] / "shared" / "data")
              if (p / "mnist").is_dir()), Path("/work/shared/data"))
@@ -165,7 +165,7 @@ def test_packed_inference_needs_no_torch(tmp_path):
     save_packed(export_packed(model), tmp_path / "bnn.npz")
     code = ("import sys, numpy as np\n"
             "sys.modules['torch'] = None  # any import of torch fails\n"
-            "from edgeslim.kernels.packed_bnn import load_packed\n"
+            "from edgeslim.research.kernels.packed_bnn import load_packed\n"
             f"p = load_packed({str(tmp_path / 'bnn.npz')!r})\n"
             "y = p.run(np.zeros((1, 1, 28, 28), np.float32))\n"
             "print(y.shape)\n")
@@ -178,7 +178,7 @@ def test_distributional_loss_pulls_the_student_to_the_teacher():
     """ReActNet's distributional loss: the student fits the frozen teacher's softmax, labels unused."""
     import torch
 
-    from edgeslim.train.loop import FitConfig, distill_step, fit
+    from edgeslim.research.train.loop import FitConfig, distill_step, fit
 
     torch.manual_seed(0)
     x = torch.randn(256, 8)
@@ -195,7 +195,7 @@ def test_distributional_loss_pulls_the_student_to_the_teacher():
 
 
 def test_random_shift_moves_each_image_by_its_own_offset():
-    from edgeslim.train.loop import random_shift
+    from edgeslim.research.train.loop import random_shift
 
     g = torch.Generator().manual_seed(0)
     x = torch.full((64, 1, 10, 10), -1.0)
@@ -260,7 +260,7 @@ def test_two_step_finetune_trains_with_frozen_recalibrated_statistics(mnist_smal
 
 
 def test_packed_shortcut_pooling_matches_torch_avg_pool_on_odd_sizes():
-    from edgeslim.kernels.packed_bnn import _np_shortcut
+    from edgeslim.research.kernels.packed_bnn import _np_shortcut
 
     h = np.random.default_rng(0).standard_normal((2, 7, 9, 5)).astype(np.float32)  # NHWC, odd sizes
     want = torch.nn.functional.avg_pool2d(torch.from_numpy(h).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1).numpy()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from edgeslim.errors import InvalidParameterError, NotFittedError, RecipeError
-from edgeslim.train.qat import LsqQuantizer, QatConfig, QConv2d, QLinear, export_mode, export_qdq, prepare_qat
+from edgeslim.research.train.qat import LsqQuantizer, QatConfig, QConv2d, QLinear, export_mode, export_qdq, prepare_qat
 
 
 def test_lsq_values_and_gradients_match_the_paper():

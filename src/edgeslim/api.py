@@ -12,7 +12,6 @@ notebook and in a script without an `if __name__ == "__main__":` guard.
 
 from __future__ import annotations
 
-import difflib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -20,31 +19,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InvalidParameterError
+from .options import DEFAULT_EVAL_LIMIT, check_key, resolve_options
+from .options import OPTIONS as _SCHEMA
 
 __all__ = ["OPTIONS", "optimize", "Result", "load_config", "resolve_options", "study_config", "save_outputs",
            "DEFAULT_EVAL_LIMIT"]
 
-DEFAULT_EVAL_LIMIT = 150  # eval lines on the bundled set unless --full: keeps the default run within 5 minutes on 2 cores
-
-# Every option of `edgeslim optimize`, with its default: the CLI, the config file and `edgeslim.optimize` take these.
-OPTIONS: dict[str, Any] = {
-    "model": None, "data": None, "task": "ocr-rec", "max_drop": None, "objective": "latency", "recipes": None,
-    "threads": 2, "engines": None, "engine_precisions": None, "rounds": 5, "calib_limit": None, "eval_limit": None,
-    "full": False, "cpu": "dedicated", "confirm_top": 3, "cache": True, "outdir": "edgeslim-out", "force": False,
-}
-_TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,), "data": (str,), "task": (str,), "max_drop": (float, int), "objective": (str,), "recipes": (str, list),
-    "threads": (int,), "engines": (str, list), "engine_precisions": (str, list), "rounds": (int,), "calib_limit": (int,),
-    "eval_limit": (int,), "full": (bool,), "cpu": (str,), "confirm_top": (int,), "cache": (bool,), "outdir": (str,),
-    "force": (bool,),
-}
-
-
-def _check_key(key: str, where: str) -> None:
-    if key not in OPTIONS:
-        close = difflib.get_close_matches(key, list(OPTIONS), n=2, cutoff=0.5)
-        raise InvalidParameterError(f"{where}: unknown option {key!r}." + (f" Did you mean {', '.join(close)}?" if close else
-                                    f" Known: {', '.join(OPTIONS)}."))
+OPTIONS = {k: o.default for k, o in _SCHEMA.items()}  # every option of `edgeslim optimize` with its default
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
@@ -64,31 +45,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         key = str(k).replace("-", "_")
-        _check_key(key, str(p))
+        check_key(key, str(p))
         out[key] = v
     return out
-
-
-def resolve_options(given: dict[str, Any], config: dict[str, Any] | None = None, where: str = "option") -> dict[str, Any]:
-    """Defaults < config file < given (None in `given` means not given). Types are checked here."""
-    opts = dict(OPTIONS)
-    for src, name in ((config or {}, "config"), ({k: v for k, v in given.items() if v is not None}, where)):
-        for k, v in src.items():
-            _check_key(k, name)
-            if v is None:
-                opts[k] = None
-                continue
-            if isinstance(v, Path):
-                v = str(v)
-            if isinstance(v, tuple):
-                v = list(v)
-            types = _TYPES[k]
-            if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
-                want = " or ".join("a list" if t is list else {"str": "text", "float": "a number", "int": "a whole number",
-                                                               "bool": "true/false"}[t.__name__] for t in types)
-                raise InvalidParameterError(f"{name} {k.replace('_', '-')}={v!r} is not valid: give {want}.")
-            opts[k] = v
-    return opts
 
 
 def _split(v: Any) -> tuple[str, ...] | None:

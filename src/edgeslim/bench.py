@@ -34,7 +34,7 @@ from .errors import InvalidParameterError
 from .policy import ThreadPolicy
 
 __all__ = ["BenchSpec", "BenchResult", "bench_rounds", "bench_one", "machine_info", "Telemetry", "noise_reasons",
-           "worker_env", "random_feeds"]
+           "worker_env", "random_feeds", "bench_target", "BenchTarget"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -417,6 +417,60 @@ def random_feeds(specs: list, shape: tuple[int, ...] | None, where: str) -> dict
         dt = np.dtype(s.dtype) if s.dtype not in ("?", None) else np.dtype(np.float32)
         feeds[s.name] = rng.uniform(-1, 1, dims).astype(dt) if dt.kind == "f" else np.zeros(dims, dt)
     return feeds
+
+
+@dataclass
+class BenchTarget:
+    """What `edgeslim bench` times: the engine, its model file, threads, policy and the inputs."""
+
+    engine: str
+    artifact: Path
+    threads: int
+    policy: ThreadPolicy
+    feeds: dict[str, np.ndarray]
+
+
+def bench_target(model: str, engine: str | None, threads: int | None, policy: str | None,
+                 shape: tuple[int, ...] | None) -> BenchTarget:
+    """Resolve what to time: an output folder (its deploy.json names the engine, threads, policy and the input shape
+    it was measured at) or a model file / zoo name (timed on the default engine). The inputs are checked by one
+    untimed run here, so a shape the model rejects fails with one line, not in a worker."""
+    from .engines import DEFAULT_ENGINE, get_engine
+    from .model import TensorSpec, input_specs, load_onnx, run_all_tensors
+    from .zoo import model_path
+
+    p, m = Path(model), None
+    if p.is_dir():
+        from .deploy import load as load_deployed
+
+        d = load_deployed(p)
+        dep, engine, artifact = d.spec, d.engine, d.model_path
+        rt = dep.get("runtime", {})
+        threads = threads if threads is not None else int(rt.get("threads", 2))
+        policy = policy or rt.get("thread_policy", {}).get("policy", ThreadPolicy.DEDICATED.value)
+        specs = [TensorSpec(i["name"], i.get("dtype") or "float32",
+                            tuple(x if isinstance(x, int) else None for x in (i.get("shape") or [None, None, None, None])))
+                 for i in dep["inputs"]]
+        default = dep.get("info", {}).get("bench_input_shape")
+        shape = shape if shape is not None or not default else tuple(default)
+    else:
+        artifact = model_path(model)
+        m = load_onnx(artifact)
+        specs = input_specs(m)
+        if engine not in (None, DEFAULT_ENGINE):
+            raise InvalidParameterError(f"--engine {engine}: a model file is timed on {DEFAULT_ENGINE}; convert it with "
+                                        "`edgeslim convert` or optimize it, then pass the output folder.")
+        engine = DEFAULT_ENGINE
+    threads = threads if threads is not None else 2
+    pol = ThreadPolicy.of(policy or ThreadPolicy.DEDICATED.value, "--cpu")
+    if threads < 1:
+        raise InvalidParameterError(f"--threads {threads} is not valid: give 1 or more.")
+    feeds = random_feeds(specs, shape, model)
+    if m is not None:
+        run_all_tensors(m, feeds, [])
+    else:
+        get_engine(engine).load(artifact, threads).run(feeds)
+    return BenchTarget(engine, Path(artifact), threads, pol, feeds)
 
 
 def _cpu_flags() -> tuple[str, list[str]]:

@@ -46,42 +46,15 @@ def _parse_shape(shape: Optional[str]) -> Optional[tuple[int, ...]]:
     return dims
 
 
-@app.command()
-def optimize(
-    model: Optional[str] = typer.Argument(None, help="ONNX model path or zoo name (default: the PP-OCRv4 recognizer)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Data folder (ocr-rec: images + labels.tsv; classify: a folder per class; raw: .npz)."),
-    task: Optional[str] = typer.Option(None, "--task", help="ocr-rec | classify | raw | detect | embed | ocr-det | ocr-cls [default: ocr-rec]"),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Accuracy budget: the most the metric may worsen (task default: CER 0.005, top-1 0.01)."),
-    objective: Optional[str] = typer.Option(None, "--objective", help="latency | size [default: latency]"),
-    recipes: Optional[str] = typer.Option(None, "--recipes", help="Comma-separated recipe specs, e.g. fp32,int8:calibrator=mse,mixed."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads for evaluation and benchmarking [default: 2]."),
-    engines: Optional[str] = typer.Option(None, "--engines", help="Engines to explore beside ort, e.g. mnn,ncnn (default: every installed one; 'ort' for none)."),
-    engine_precisions: Optional[str] = typer.Option(None, "--engine-precisions", help="Exact engine:precision list, e.g. mnn:int8,ncnn:bf16."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", help="Alternating benchmark rounds [default: 5]."),
-    confirm_top: Optional[int] = typer.Option(None, "--confirm-top", help="Fastest candidates re-measured head to head before selecting, with any the screen cannot tell from the last of them [default: 3; 0: no confirmation]."),
-    cpu: Optional[str] = typer.Option(None, "--cpu", help="Thread-pool policy that selects: dedicated (idle CPU, spinning pools) | shared (busy CPU, passive) [default: dedicated]."),
-    outdir: Optional[Path] = typer.Option(None, "-o", "--outdir", help="Output folder [default: edgeslim-out]; replaced atomically at the end, only if edgeslim wrote it."),
-    force: Optional[bool] = typer.Option(None, "--force", help="Replace an edgeslim output folder even if files were added to it."),
-    calib_limit: Optional[int] = typer.Option(None, "--calib-limit", help="Use at most this many calibration samples."),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Use at most this many evaluation samples."),
-    full: Optional[bool] = typer.Option(None, "--full", help="Evaluate on every evaluation line (default: a subset, to finish within minutes)."),
-    cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help="Reuse built and evaluated candidates from ~/.cache/edgeslim [default: on]."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options (the keys are these options' names); flags given here win."),
-    resume: bool = typer.Option(False, "--resume", help="Rerun the last run into this -o with its recorded options; finished candidates come from the cache."),
-    as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout instead of the table."),
-) -> None:
+def _optimize(*, config: Optional[Path], resume: bool, as_json: bool, **given) -> None:
     """Build smaller/faster variants, measure them against the original, select the best within the budget."""
     from .api import load_config, resolve_options, save_outputs, study_config
     from .outdir import OutputDir
     from .study import optimize as run_study
 
-    given = {"model": model, "data": data, "task": task, "max_drop": max_drop, "objective": objective, "recipes": recipes,
-             "threads": threads, "engines": engines, "engine_precisions": engine_precisions, "rounds": rounds, "cpu": cpu, "confirm_top": confirm_top,
-             "outdir": outdir, "force": force, "calib_limit": calib_limit, "eval_limit": eval_limit, "full": full,
-             "cache": cache}
     file_opts = load_config(config) if config else None
     if resume:
-        target = Path(outdir or (file_opts or {}).get("outdir") or "edgeslim-out")
+        target = Path(given.get("outdir") or (file_opts or {}).get("outdir") or "edgeslim-out")
         last = _run_record(target)
         if not last.exists():
             raise InvalidParameterError(f"--resume: no earlier run into {target} is recorded. Run without --resume first.")
@@ -102,6 +75,10 @@ def optimize(
     if as_json:
         typer.echo((out / "results.json").read_text())
         return
+    _print_study(result, out)
+
+
+def _print_study(result, out: Path) -> None:
     from rich.console import Console
 
     con = Console()
@@ -120,6 +97,46 @@ def optimize(
     cached = result.provenance.get("cache", {})
     con.print(f"selected: [bold]{result.selected or 'none'}[/bold]  ->  {out}/  ({result.seconds:.0f} s"
               + (f", {cached.get('hits', 0)} from cache" if cached.get("hits") else "") + ")")
+
+
+def _schema_command(impl):
+    """`edgeslim optimize`'s signature drawn from `edgeslim.options.OPTIONS` (one declaration per option), plus the
+    flags that only the command line has (--config, --resume, --json)."""
+    import inspect
+
+    from .options import OPTIONS
+
+    params = []
+    for o in sorted(OPTIONS.values(), key=lambda o: not o.argument):  # the positional argument first
+        typ = Path if o.is_path else (str if o.types[0] is list else o.types[0])
+        if o.argument:
+            default = typer.Argument(None, help=o.help_text)
+        elif typ is bool and o.default is True:
+            default = typer.Option(None, f"{o.flag}/--no-{o.flag[2:]}", help=o.help_text)
+        else:
+            default = typer.Option(None, *o.aliases, o.flag, help=o.help_text)
+        params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Optional[typ]))
+    params += [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
+            None, "--config", help="YAML file of options (the keys are these options' names); flags given here win.")),
+        inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+            False, "--resume", help="Rerun the last run into this -o with its recorded options; finished candidates come "
+                                    "from the cache.")),
+        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+            False, "--json", help="Print results.json to stdout instead of the table.")),
+    ]
+
+    def command(**kw) -> None:
+        return impl(**kw)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = impl.__doc__
+    command.__name__ = "optimize"
+    return command
+
+
+optimize = app.command("optimize")(_schema_command(_optimize))
 
 
 def _run_record(target: Path) -> Path:
@@ -210,65 +227,18 @@ def inspect(
 def bench(
     model: str = typer.Argument(..., help="ONNX model path, zoo name, or an output folder (with deploy.json)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads [default: the folder's deploy.json, else 2]."),
-    shape: Optional[str] = typer.Option(None, "--shape", help="Input shape, e.g. 1x3x48x320; needed when the model has dynamic dims other than the batch."),
-    engine: str = typer.Option("ort", "--engine", help="Engine for a model file (an output folder names its own)."),
+    shape: Optional[str] = typer.Option(None, "--shape", help="Input shape, e.g. 1x3x48x320; needed when the model has "
+                                        "dynamic dims other than the batch."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine for a model file (an output folder names its own) [default: ort]."),
     rounds: int = typer.Option(5, "--rounds", min=1, help="Rounds of timed runs."),
     cpu: Optional[str] = typer.Option(None, "--cpu", help="Thread-pool policy: dedicated | shared [default: the folder's, else dedicated]."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Latency p50/p90/p99 after warm-up (automatic repeats), throughput, peak RSS, CPU telemetry."""
-    import numpy as np
+    from .bench import bench_one, bench_target, machine_info
 
-    from .bench import bench_one, machine_info
-    from .engines import get_engine
-    from .engines.base import thread_policy
-    from .model import TensorSpec, input_specs, load_onnx, resolve_shape, run_all_tensors
-    from .zoo import model_path
-
-    shp = _parse_shape(shape)
-    p = Path(model)
-    if p.is_dir():
-        from .deploy import load as load_deployed
-
-        d = load_deployed(p)
-        dep, engine, artifact = d.spec, d.engine, d.model_path
-        threads = threads if threads is not None else int(dep.get("runtime", {}).get("threads", 2))
-        cpu = cpu or dep.get("runtime", {}).get("thread_policy", {}).get("policy", "dedicated")
-        specs = [TensorSpec(i["name"], i.get("dtype") or "float32",
-                            tuple(x if isinstance(x, int) else None for x in (i.get("shape") or [None, None, None, None])))
-                 for i in dep["inputs"]]
-        default = dep.get("info", {}).get("bench_input_shape")
-        if shp is None and default:
-            shp = tuple(default)
-        m = None
-    else:
-        path = model_path(model)
-        artifact = path
-        m = load_onnx(path)
-        specs = input_specs(m)
-        if engine != "ort":
-            raise InvalidParameterError(f"--engine {engine}: a model file is timed on ort; convert it with `edgeslim convert` "
-                                        "or optimize it, then pass the output folder.")
-    threads = threads if threads is not None else 2
-    cpu = cpu or "dedicated"
-    thread_policy(cpu)
-    if threads < 1:
-        raise InvalidParameterError(f"--threads {threads} is not valid: give 1 or more.")
-    feeds = {}
-    rng = np.random.default_rng(0)
-    for i, s in enumerate(specs):
-        dyn = [k for k, d in enumerate(s.shape) if not (isinstance(d, int) and d > 0)]
-        if (shp is None or i > 0) and any(k > 0 for k in dyn):
-            example = "x".join(str(d) if isinstance(d, int) and d > 0 else ("1" if k == 0 else "N") for k, d in enumerate(s.shape))
-            raise InvalidParameterError(f"{model}: input {s.name!r} {list(s.shape)} has dynamic dims {[k for k in dyn if k > 0]} "
-                                        f"that decide the latency. Pass --shape with real sizes, e.g. {example}.")
-        dims = resolve_shape(s, shp if i == 0 else None)
-        dt = np.dtype(s.dtype) if s.dtype not in ("?", None) else np.dtype(np.float32)
-        feeds[s.name] = rng.uniform(-1, 1, dims).astype(dt) if dt.kind == "f" else np.zeros(dims, dt)
-    if m is not None:
-        run_all_tensors(m, feeds, [])  # a shape the model rejects fails here with one line, not in a worker
-    else:
-        get_engine(engine).load(artifact, threads).run(feeds)
+    t = bench_target(model, engine, threads, cpu, _parse_shape(shape))
+    engine, artifact, threads, cpu, feeds = t.engine, t.artifact, t.threads, t.policy, t.feeds
     with _Progress(enabled=not as_json) as prog:
         res, tel = bench_one(engine, str(artifact), feeds, threads, rounds, progress=lambda r, n: prog("benchmark", r, n),
                              policy=cpu)
@@ -306,11 +276,10 @@ def quantize(
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ) -> None:
     """Apply one recipe by name and write the model (the same recipe context as optimize: calibration scoring included)."""
-    import math
-
     import onnx
 
     from .model import load_onnx
+    from .options import OPTIONS
     from .outdir import atomic_write_file, check_output_file
     from .recipes import get_recipe
     from .study import recipe_context
@@ -318,8 +287,7 @@ def quantize(
     from .zoo import model_path
 
     r = get_recipe(recipe)
-    if max_drop is not None and (not math.isfinite(max_drop) or max_drop < 0):
-        raise InvalidParameterError(f"--max-drop {max_drop!r} is not valid: give a finite number >= 0, e.g. 0.005.")
+    OPTIONS["max_drop"].check(max_drop)
     path = model_path(model)
     original = load_onnx(path)
     t = get_task(task).bind(original)
@@ -349,23 +317,44 @@ def _mount_commands() -> None:
     app.command("convert")(convert)
 
 
+# command name -> the module that holds it: `app` (a typer.Typer, mounted as a group) or `command` (one function)
+_OPTIONAL = {"slide": "edgeslim.research.slide.cli", "theseus": "edgeslim.research.train.cli",
+             "nas": "edgeslim.research.nas.cli", "monitor": "edgeslim.monitor", "profiles": "edgeslim.profiles.cli"}
+
+
+def _missing_extra(name: str, package: str, extra: str):
+    """A stand-in for a command whose extra is not installed: it says which, and exits 2."""
+
+    def command() -> None:
+        raise InvalidParameterError(f"`edgeslim {name}` needs the Python package {package!r}, which is not installed. "
+                                    f"Run: {_install_hint(extra)}pip install 'edgeslim[{extra}]'.")
+
+    command.__doc__ = f"(not installed: needs pip install 'edgeslim[{extra}]')"
+    return command
+
+
 def _mount_optional() -> None:
-    # Commands of optional parts and apps: mounted when their module imports (their extras may be missing). A module
-    # exposes `app` (a typer.Typer, mounted as a command group) or `command` (one function).
+    """Mount the commands of optional parts and apps. A command whose module fails to import because its extra's
+    package is missing is mounted as a stand-in naming the extra; any other import error is a bug and is raised."""
     from .apps import APPS
 
-    parts = [("edgeslim.slide.cli", "slide"), ("edgeslim.train.cli", "train"), ("edgeslim.train.theseus_cli", "theseus"),
-             ("edgeslim.nas.cli", "nas"),
-             ("edgeslim.monitor", "monitor"), ("edgeslim.profiles.cli", "profiles")]
-    for name, mod_name in [(n, mod) for mod, n in parts] + [(n, APPS.get(n)) for n in APPS]:
+    for name, mod_name in list(_OPTIONAL.items()) + [(n, APPS.get(n)) for n in APPS]:
         try:
             mod = __import__(mod_name, fromlist=["app", "command"])
-        except ImportError:
+        except ModuleNotFoundError as e:
+            extra = _EXTRAS.get((e.name or "").split(".")[0])
+            if extra is None:
+                raise
+            app.command(name)(_missing_extra(name, e.name, extra))
             continue
         if getattr(mod, "app", None) is not None:
             app.add_typer(mod.app, name=name)
         else:
             app.command(name)(mod.command)
+
+
+def _install_hint(extra: str) -> str:
+    return "pip install torch==2.13.0 first on CPU-only machines, then " if extra in ("train", "nlp", "ray", "engines") else ""
 
 
 # optional packages -> the extra that installs them (pyproject.toml)
@@ -436,8 +425,7 @@ def main(argv: list[str] | None = None) -> None:
         extra = _EXTRAS.get((e.name or "").split(".")[0])
         if debug or extra is None:
             raise
-        hint = "pip install torch==2.13.0 first on CPU-only machines, then " if extra in ("train", "nlp", "ray", "engines") else ""
-        _fail(f"this command needs the Python package {e.name!r}, which is not installed. Run: {hint}"
+        _fail(f"this command needs the Python package {e.name!r}, which is not installed. Run: {_install_hint(extra)}"
               f"pip install 'edgeslim[{extra}]'.", 2)
     except MemoryError:
         if debug:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .errors import ModelLoadError, ShapeError
 from .graph import constants_to_initializers, opset_of
@@ -101,7 +101,8 @@ def resolve_shape(spec: TensorSpec, shape: tuple[int, ...] | None, default_dynam
     if len(shape) != len(spec.shape):
         raise ShapeError(
             f"input {spec.name!r} has rank {len(spec.shape)} {list(spec.shape)}, the given shape {list(shape)} "
-            f"has rank {len(shape)}. Pass --shape with {len(spec.shape)} dims, e.g. {'x'.join(str(d if isinstance(d, int) else 1) for d in spec.shape)}."
+            f"has rank {len(shape)}. Pass --shape with {len(spec.shape)} dims, "
+            f"e.g. {'x'.join(str(d if isinstance(d, int) else 1) for d in spec.shape)}."
         )
     for i, (want, got) in enumerate(zip(spec.shape, shape)):
         if isinstance(want, int) and want > 0 and want != got:

@@ -449,7 +449,8 @@ def command(
     seconds: Optional[float] = typer.Option(None, "--seconds", help="Stop after this many seconds [default: until Ctrl-C]."),
     top: int = typer.Option(5, "--top", min=0, help="Show this many processes, busiest first (0: none)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per sample per line instead of the panel."),
-    during: Optional[str] = typer.Option(None, "--during", help="Run this command (no shell) and sample over its run; write a plot and the samples, exit with its code."),
+    during: Optional[str] = typer.Option(None, "--during", help="Run this command (no shell) and sample over its run; "
+                                  "write a plot and the samples, exit with its code."),
     out: Path = typer.Option(Path("monitor.png"), "--out", help="With --during: the plot (.png); the samples go to the .json beside it."),
     force: bool = typer.Option(False, "--force", help="With --during: replace existing --out files."),
 ) -> None:

@@ -36,7 +36,7 @@ class Registry(Generic[T]):
                 raise RuntimeError(f"{self.kind} {name!r} is registered twice")
             self._items[name] = obj
             try:
-                setattr(obj, "registered_name", name)
+                obj.registered_name = name
             except (AttributeError, TypeError):
                 pass
             return obj

@@ -246,6 +246,9 @@ def _html(result, md_text: str, png: bytes, snippet: str | None = None) -> str:
                 + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rrows)
                 + "</table>" + ("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in rnotes) + "</ul>" if rnotes else ""))
     img = base64.b64encode(png).decode()
+    tail = md_text[md_text.find("## How the selection"):] if "## How the selection" in md_text else ""
+    sens_html = ("<h2>Per-node sensitivity (mixed precision)</h2><table><tr><th>node</th><th>op</th><th>local SQNR dB</th>"
+                 "<th>output SQNR dB</th><th>kept fp32</th></tr>" + sens + "</table>") if sens else ""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgeslim report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}tr.rejected td,tr.failed td{{color:#a33}}
@@ -257,8 +260,8 @@ Machine: {html.escape(str(d['machine'].get('cpu')))}, {d['threads']} threads. Be
 <table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
 {roof}
 <h2>Metric vs latency</h2><img alt="pareto" src="data:image/png;base64,{img}">
-<h2>Selection, conditions, deploy</h2><pre style="white-space:pre-wrap">{html.escape(md_text[md_text.find("## How the selection"):] if "## How the selection" in md_text else "")}</pre>
-{('<h2>Per-node sensitivity (mixed precision)</h2><table><tr><th>node</th><th>op</th><th>local SQNR dB</th><th>output SQNR dB</th><th>kept fp32</th></tr>' + sens + '</table>') if sens else ''}
+<h2>Selection, conditions, deploy</h2><pre style="white-space:pre-wrap">{html.escape(tail)}</pre>
+{sens_html}
 </body></html>"""
 
 

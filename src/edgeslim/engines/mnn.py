@@ -173,7 +173,7 @@ def _qdq_int8(model: onnx.ModelProto, feeds: list[Feeds]) -> tuple[onnx.ModelPro
         raise ConversionError("mnn int8 needs calibration feeds. Pass calib_feeds, or use precision w8.")
     prepared, rewrites = prepare(model)
     out = get_recipe("int8").apply(RecipeContext(model=prepared, original=model, calib_feeds=lambda: iter(feeds),
-                                                 cache={"rewrites": rewrites, "calib_count": len(feeds)}))
+                                                 rewrites=rewrites, calib_count=len(feeds)))
     info = {k: v for k, v in out.info.items() if isinstance(v, (str, int, float))}
     return out.model, {"int8": {"method": "edgeslim int8 recipe (QDQ)", **info}}
 

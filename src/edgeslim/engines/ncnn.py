@@ -346,7 +346,7 @@ class NcnnEngine(Engine):
                 q = [L for L in layers if L.type in _QUANT_TYPES]
                 feeds = [first] + [f for _, f in zip(range(calib_limit - 1), feeds_iter)]
                 arrays = {}
-                for j, f in enumerate(feeds):
+                for f in feeds:
                     x = np.asarray(f[inputs[0]], np.float32)
                     for k in range(x.shape[0]):
                         arrays[f"{len(arrays)}_s"] = x[k]

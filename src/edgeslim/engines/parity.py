@@ -19,7 +19,8 @@ import onnx
 from ..errors import InvalidParameterError
 from .base import EngineError, Feeds
 
-__all__ = ["ParityTolerance", "ParityReport", "check_parity", "compare_outputs", "tolerance_for", "save_report", "engine_outputs", "convert_checked", "parity_path"]
+__all__ = ["ParityTolerance", "ParityReport", "check_parity", "compare_outputs", "tolerance_for", "save_report", "engine_outputs",
+           "convert_checked", "parity_path"]
 
 PARITY_TIMEOUT = 600.0
 

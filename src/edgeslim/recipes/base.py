@@ -9,18 +9,25 @@ import onnx
 
 @dataclass
 class RecipeContext:
-    """What a recipe may use. `model` is the prepared fp32 model (exact graph rewrites applied);
-    `calib_feeds()` yields calibration batches (any shapes); `calib_drop(model)` scores a candidate model on the
-    calibration lines and returns (metric drop vs fp32, fidelity to fp32) — used by searching recipes only."""
+    """What a recipe (and an engine's search) may use.
+
+    `model` is the prepared fp32 model (exact graph rewrites applied, listed in `rewrites`); `calib_feeds()` yields
+    calibration batches (any shapes), `calib_count` of them; `calib_drop(model)` scores a candidate ONNX model on the
+    calibration samples and returns (metric drop vs the original, fidelity to it), and `score_runner(runner, stage)`
+    does the same for any engine's loaded runner — used by searching recipes and engines only. `shared` holds what
+    recipes of one study compute once and reuse (calibration ranges and histograms, the best calibrated int8)."""
 
     model: onnx.ModelProto
     original: onnx.ModelProto
     calib_feeds: Callable[[], Iterable[dict[str, np.ndarray]]]
     calib_drop: Callable[[onnx.ModelProto], tuple[float, dict]] | None = None
+    score_runner: Callable[..., tuple[float, dict]] | None = None
     budget: float = 0.005
     threads: int = 2  # for the onnxruntime sessions a recipe runs while building (calibration, bias correction)
     progress: Callable[[str, int, int], None] | None = None
-    cache: dict[str, Any] = field(default_factory=dict)  # shared between recipes of one study (e.g. ranges)
+    rewrites: dict[str, Any] = field(default_factory=dict)
+    calib_count: int = 0
+    shared: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -27,7 +27,7 @@ class Fp32(Recipe):
     """The prepared model: constants as initializers, opset 17, exact fusions (see `edgeslim.graph`)."""
 
     def apply(self, ctx: RecipeContext) -> RecipeOutput:
-        return RecipeOutput(ctx.model, {"rewrites": ctx.cache.get("rewrites", {})})
+        return RecipeOutput(ctx.model, {"rewrites": ctx.rewrites})
 
 
 @register_recipe("fp16")

@@ -41,18 +41,18 @@ def tensors_of(model: onnx.ModelProto, op_types: tuple[str, ...]) -> list[str]:
 def calibrated_ranges(ctx: RecipeContext, calibrator: str, op_types: tuple[str, ...] = DEFAULT_OPS) -> dict[str, tuple[float, float]]:
     """Ranges of the tensors around `op_types`; one streaming pass serves every calibrator (cached per study)."""
     key = f"ranges:{calibrator}:{op_types}"
-    if key not in ctx.cache:
+    if key not in ctx.shared:
         hists_key = f"calib-histograms:{op_types}"
         cal = get_calibrator(calibrator)
-        if hists_key in ctx.cache:
-            cal.hists_ = ctx.cache[hists_key]
-            ctx.cache[key] = cal.ranges()
+        if hists_key in ctx.shared:
+            cal.hists_ = ctx.shared[hists_key]
+            ctx.shared[key] = cal.ranges()
         else:
-            total = ctx.cache.get("calib_count", 0)
-            ctx.cache[key] = collect_ranges(ctx.model, ctx.calib_feeds(), cal, tensor_names=tensors_of(ctx.model, op_types),
+            total = ctx.calib_count
+            ctx.shared[key] = collect_ranges(ctx.model, ctx.calib_feeds(), cal, tensor_names=tensors_of(ctx.model, op_types),
                                             progress=(lambda n: ctx.progress("calibrate", n, total)) if ctx.progress else None)
-            ctx.cache[hists_key] = cal.hists_
-    return ctx.cache[key]
+            ctx.shared[hists_key] = cal.hists_
+    return ctx.shared[key]
 
 
 def quantize_qdq(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], *, per_channel: bool = True,
@@ -190,8 +190,8 @@ class Int8(Recipe):
 
 def best_calibrated(ctx: RecipeContext, ops: tuple[str, ...], per_channel: bool = True, exclude: tuple[str, ...] = ()) -> RecipeOutput:
     key = f"best-int8:{ops}:{per_channel}:{exclude}"
-    if key in ctx.cache:
-        return ctx.cache[key]
+    if key in ctx.shared:
+        return ctx.shared[key]
     trials = {}
     for name in ("minmax", "percentile", "entropy", "mse"):
         m = quantize_qdq(ctx.model, calibrated_ranges(ctx, name, ops), per_channel=per_channel, op_types=ops, exclude=exclude)
@@ -207,7 +207,7 @@ def best_calibrated(ctx: RecipeContext, ops: tuple[str, ...], per_channel: bool 
         "fp32_nodes": list(exclude),
         "calibrator_trials": {k: {"calib_drop": round(v[0], 5), **{f: round(x, 5) for f, x in v[1].items()}} for k, v in trials.items()},
     })
-    ctx.cache[key] = out
+    ctx.shared[key] = out
     return out
 
 

@@ -139,7 +139,7 @@ def quantize_embeddings_4bit(model: onnx.ModelProto, block: int = 32, min_rows: 
                               numpy_helper.from_array(np.array(16.0, np.float32), names["sixteen"]),
                               numpy_helper.from_array(np.array([dim, dim], np.int64), names["split"])])
         ids, out = n.input[1], n.output[0]
-        t = lambda s: f"{out}_q4_{s}"  # noqa: E731
+        t = lambda s, out=out: f"{out}_q4_{s}"  # noqa: E731
         new_nodes += [
             helper.make_node("Gather", [names["packed"], ids], [t("p")], name=t("gather")),
             helper.make_node("Cast", [t("p")], [t("pf")], to=TensorProto.FLOAT, name=t("cast")),

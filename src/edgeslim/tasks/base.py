@@ -30,8 +30,13 @@ class Task:
         raise NotImplementedError
 
     def load(self, data: Path | None) -> tuple[list, list]:
-        """Return (calibration samples, evaluation samples)."""
+        """Return (calibration samples, evaluation samples); `data` None: the task's bundled data (`default_data`)."""
         raise NotImplementedError
+
+    def default_data(self) -> Path | None:
+        """Where the data `load(None)` reads lives (hashed into cache keys and recorded), or None when the task has
+        no bundled data."""
+        return None
 
     def batches(self, samples: list, batch_size: int = 8) -> Iterator[Batch]:
         raise NotImplementedError

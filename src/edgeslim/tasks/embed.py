@@ -5,7 +5,7 @@ score, sentence 1, sentence 2[, source 1, source 2]) or three fields `sentence1<
 split on TAB only: STS sentences hold bare quotes, which a CSV reader would take as field quoting.
 
 The model takes `input_ids` and `attention_mask` (int64, [batch, sequence], both dynamic) and returns one embedding
-per sentence ([batch, dim]); `edgeslim.train.theseus.export_onnx` writes such models. Tokenization is part of the
+per sentence ([batch, dim]); `edgeslim.research.train.theseus.export_onnx` writes such models. Tokenization is part of the
 task: the tokenizer (a Hugging Face `tokenizer.json`) travels inside the ONNX file's metadata under
 `edgeslim.tokenizer`, so a model file alone can be optimized and deployed; `EmbedTask(tokenizer=path)` overrides it.
 
@@ -171,13 +171,13 @@ class EmbedTask(Task):
         missing = [n for n in ("input_ids", "attention_mask") if n not in names]
         if missing:
             raise DataError(f"the embed task feeds input_ids and attention_mask; the model's inputs are {names}. "
-                            "Export the encoder with edgeslim.train.theseus.export_onnx (or `edgeslim theseus`).")
+                            "Export the encoder with edgeslim.research.train.theseus.export_onnx (or `edgeslim theseus`).")
         self.input_names = names
         if self._tok is None:
             meta = {p.key: p.value for p in model.metadata_props}
             if TOKENIZER_KEY not in meta:
                 raise DataError("the model carries no tokenizer (ONNX metadata 'edgeslim.tokenizer'). Export it with "
-                                "`edgeslim theseus` / edgeslim.train.theseus.export_onnx, or pass EmbedTask(tokenizer=...).")
+                                "`edgeslim theseus` / edgeslim.research.train.theseus.export_onnx, or pass EmbedTask(tokenizer=...).")
             self._set_tokenizer(meta[TOKENIZER_KEY], "the model's edgeslim.tokenizer metadata")
         return self
 

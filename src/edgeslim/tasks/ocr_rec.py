@@ -126,6 +126,9 @@ class OcrRecTask(Task):
         raise DataError("the model has no 'character' metadata entry (its CTC dictionary). Add it: "
                         "m.metadata_props.add(key='character', value=open('dict.txt').read()) with onnx, then save the model.")
 
+    def default_data(self) -> Path:
+        return BUNDLED
+
     def load(self, data: Path | None) -> tuple[list[Line], list[Line]]:
         folder = Path(data) if data is not None else BUNDLED
         if not folder.exists():

@@ -153,7 +153,8 @@ def beautify(
     slim: float = typer.Option(0.3, "--slim", help="Face slimming 0..1."),
     whiten_: float = typer.Option(0.3, "--whiten", help="Skin whitening 0..1."),
     eyes: float = typer.Option(0.2, "--eyes", help="Eye enlarging 0..1."),
-    preview: Optional[Path] = typer.Option(None, "--preview", help="Also write a side-by-side before/after image (for a video: its first frame with a face)."),
+    preview: Optional[Path] = typer.Option(None, "--preview", help="Also write a side-by-side before/after image "
+                                                               "(for a video: its first frame with a face)."),
     model: str = typer.Option("yunet-s-dynamic", "--model", help=_MODEL_HELP),
     models_dir: Optional[Path] = typer.Option(None, "--models-dir", help=_DIR_HELP),
     threads: int = typer.Option(2, "--threads", min=1),

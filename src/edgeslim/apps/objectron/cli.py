@@ -16,8 +16,10 @@ IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 def command(
     image: Path = typer.Argument(..., help="A photo (png/jpg/bmp/webp)."),
     draw: Optional[Path] = typer.Option(None, "--draw", help="Write the photo with each 3D box's edges drawn (.png or .jpg)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the boxes as JSON: score, keypoints, rotation, translation and dimensions (up to scale), projected points."),
-    models: Optional[Path] = typer.Option(None, "--models", help="Folder holding objectron_chair_640x480_int8.tflite (else the cache, else a download checked by sha256)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the boxes as JSON: score, keypoints, rotation, "
+                                 "translation and dimensions (up to scale), projected points."),
+    models: Optional[Path] = typer.Option(None, "--models", help="Folder holding objectron_chair_640x480_int8.tflite (else "
+                                          "the cache, else a download checked by sha256)."),
     threshold: float = typer.Option(0.6, "--threshold", help="Keep objects whose belief peak is at least this (0..1)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Interpreter threads."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --draw output."),
