@@ -19,7 +19,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 HERE = Path(__file__).resolve().parent
@@ -55,17 +54,17 @@ def main() -> None:
     from edgeslim.bench import BenchSpec, bench_rounds, machine_info
     from edgeslim.engines import get_engine
     from edgeslim.recipes import get_recipe
-    from edgeslim.study import recipe_context
-    from edgeslim.tasks import get_task
+    from edgeslim.study import StudyConfig, evaluate_baseline, prepare
     from edgeslim.tasks.base import evaluate
     from edgeslim.zoo import resolve
 
     model_path = resolve("ppocrv4-rec")
-    original = onnx.load(str(model_path))
-    task = get_task("ocr-rec", eval_limit=300).bind(original)
-    calib, ev = task.load(None)
-    ctx = recipe_context(original, task, calib, task.default_budget, args.threads)
     work = Path(tempfile.mkdtemp(prefix="edgeslim-int8prof-"))
+    # the study's own first stages: the same task, data, budget and recipe context as `edgeslim optimize`
+    prep = prepare(StudyConfig(model=str(model_path), eval_limit=300, threads=args.threads, recipes=("fp32",),
+                               engines=("ort",), cache=False), work)
+    task, ev = prep.task, prep.eval
+    ctx = prep.context(evaluate_baseline(prep).candidate)
     paths = {"original": model_path}
     infos = {}
     for spec in ("fp32", "int8", "int8:bias_correction=true", "int8:absorb_affine=true",

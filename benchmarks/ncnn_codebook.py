@@ -17,7 +17,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import onnx
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,19 +30,18 @@ def main() -> None:
     from edgeslim.bench import BenchSpec, bench_rounds, machine_info
     from edgeslim.engines import get_engine
     from edgeslim.engines.base import read_meta
-    from edgeslim.study import recipe_context
-    from edgeslim.tasks import get_task
+    from edgeslim.study import StudyConfig, evaluate_baseline, prepare
     from edgeslim.tasks.base import evaluate
     from edgeslim.zoo import resolve
 
     model_path = resolve("ppocrv4-rec")
-    original = onnx.load(str(model_path))
-    task = get_task("ocr-rec", eval_limit=300).bind(original)
-    calib, ev = task.load(None)
-    ctx = recipe_context(original, task, calib, task.default_budget, args.threads)
-    score = ctx.cache["score_runner"]
-    ncnn = get_engine("ncnn")
     work = Path(tempfile.mkdtemp(prefix="edgeslim-codebook-"))
+    # the study's own first stages: the same task, data, budget and scorer as `edgeslim optimize`
+    prep = prepare(StudyConfig(model=str(model_path), eval_limit=300, threads=args.threads, recipes=("fp32",),
+                               engines=("ort",), cache=False), work)
+    original, task, calib, ev = prep.original, prep.task, prep.calib, prep.eval
+    score = prep.context(evaluate_baseline(prep).candidate).score_runner
+    ncnn = get_engine("ncnn")
     feeds = [b.feeds for b in task.batches(calib, 8)]
     arts = {
         "ncnn/bf16": ncnn.convert(original, work / "bf16.ncnn.bin", precision="bf16", calib_feeds=feeds[:1]),

@@ -81,11 +81,13 @@ def _optimize(*, config: Optional[Path], resume: bool, as_json: bool, **given) -
 def _print_study(result, out: Path) -> None:
     from rich.console import Console
 
+    from .candidate import Status
+
     con = Console()
     con.print(_table(f"{result.config.model_label}: {result.metric_name} budget {result.budget} (baseline {result.baseline})",
                      ["candidate", "status", result.metric_name, "agree", "p50 ms", "speedup", "size"], [r[:-1] for r in result.to_rows()]))
     for c in result.candidates:
-        if c.status != "ok":
+        if c.status != Status.OK:
             con.print(f"  {c.id} {c.status}: {c.reason}", soft_wrap=True)
     if result.bench.get("noisy"):
         why = result.bench.get("noise_reasons", [])

@@ -7,6 +7,8 @@ import html
 import json
 from pathlib import Path
 
+from .candidate import Status
+
 __all__ = ["write_report", "pareto_plot", "markdown"]
 
 HEADERS = ["candidate", "status", "metric", "agree w/ fp32", "p50 ms", "speedup", "size", "reason"]
@@ -24,7 +26,7 @@ def pareto_plot(result, path: Path) -> None:
     smax = max((c.size_bytes or 1) for c in pts) if pts else 1
     for c in pts:
         area = 40 + 900 * (c.size_bytes or 0) / smax
-        ok = c.status == "ok"
+        ok = c.status == Status.OK
         ax.scatter(c.latency_ms["p50"], c.metric, s=area, alpha=0.6 if ok else 0.25,
                    facecolors=None if ok else "none", edgecolors="k" if ok else "tab:red", linewidths=1)
         ax.annotate(c.id.removeprefix("ort/"), (c.latency_ms["p50"], c.metric), fontsize=7, xytext=(4, 4), textcoords="offset points")

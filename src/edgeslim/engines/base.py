@@ -96,7 +96,7 @@ class Engine:
                 calib_feeds: Iterable[Feeds] | None = None) -> Path:
         raise NotImplementedError
 
-    def load(self, artifact: Path, threads: int, policy: str = "dedicated") -> Runner:
+    def load(self, artifact: Path, threads: int, policy: str = ThreadPolicy.DEDICATED) -> Runner:
         """A runner with `threads` threads whose idle pool follows `policy` (see `thread_policy`)."""
         raise NotImplementedError
 

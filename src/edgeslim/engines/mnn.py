@@ -29,6 +29,7 @@ from typing import Iterable
 import numpy as np
 import onnx
 
+from ..policy import ThreadPolicy
 from . import register_engine
 from ._subprocess import describe_failure, run_python
 from ._io import io_from_meta
@@ -84,7 +85,7 @@ def _import_mnn():
 class MnnRunner:
     """Runs an .mnn module; inputs may change shape on every call (OCR line widths)."""
 
-    def __init__(self, artifact: Path, threads: int, policy: str = "dedicated") -> None:
+    def __init__(self, artifact: Path, threads: int, policy: str = ThreadPolicy.DEDICATED) -> None:
         # MNN's CPU pool has no spin/sleep knob: the PyPI wheel runs its own ThreadPool (not OpenMP), which wakes
         # for each run and parks right after it (measured: ~0 idle CPU after a run with power normal or high), and
         # neither the config's "power" nor any set_hint() mode keeps it spinning. The policy is recorded, and the
@@ -272,7 +273,7 @@ class MnnEngine(Engine):
                          "runtime_precision": rt_precision, "memory": memory, **info})
         return out
 
-    def load(self, artifact: Path, threads: int, policy: str = "dedicated") -> MnnRunner:
+    def load(self, artifact: Path, threads: int, policy: str = ThreadPolicy.DEDICATED) -> MnnRunner:
         artifact = Path(artifact)
         if not artifact.exists():
             raise EngineError(f"{artifact}: MNN model not found. Convert one with `edgeslim convert --to mnn`.")

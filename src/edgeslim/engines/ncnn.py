@@ -26,6 +26,7 @@ from typing import Iterable
 import numpy as np
 import onnx
 
+from ..policy import ThreadPolicy
 from . import register_engine
 from ._subprocess import call_function, describe_failure, run_tool
 from ._io import io_from_meta
@@ -78,7 +79,7 @@ def _pnnx_binary() -> str:
 class NcnnRunner:
     """Runs an ncnn param/bin pair. Shapes may change per call; batches run sample by sample (ncnn has no batch)."""
 
-    def __init__(self, artifact: Path, threads: int, policy: str = "dedicated") -> None:
+    def __init__(self, artifact: Path, threads: int, policy: str = ThreadPolicy.DEDICATED) -> None:
         from .base import thread_policy
 
         tp = thread_policy(policy)
@@ -413,7 +414,7 @@ class NcnnEngine(Engine):
                          "options": NCNN_PRECISIONS[precision], "convert_shapes": shapes, **info})
         return out
 
-    def load(self, artifact: Path, threads: int, policy: str = "dedicated") -> NcnnRunner:
+    def load(self, artifact: Path, threads: int, policy: str = ThreadPolicy.DEDICATED) -> NcnnRunner:
         artifact = Path(artifact)
         if not artifact.exists() or not artifact.with_suffix(".param").exists():
             raise EngineError(f"{artifact}: ncnn model (.bin + .param) not found. Convert one with `edgeslim convert --to ncnn`.")

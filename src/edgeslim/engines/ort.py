@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from ..policy import ThreadPolicy
 from . import register_engine
 from ._io import external_data_files, onnx_header, onnx_value_infos
 from .base import Engine, thread_policy
 
 
 class OrtRunner:
-    def __init__(self, artifact: Path | bytes, threads: int, policy: str = "dedicated") -> None:
+    def __init__(self, artifact: Path | bytes, threads: int, policy: str = ThreadPolicy.DEDICATED) -> None:
         import onnxruntime as ort
 
         tp = thread_policy(policy)
@@ -67,5 +68,5 @@ class OrtEngine(Engine):
         onnx.save(model, str(out))
         return out
 
-    def load(self, artifact: Path | bytes, threads: int, policy: str = "dedicated") -> OrtRunner:
+    def load(self, artifact: Path | bytes, threads: int, policy: str = ThreadPolicy.DEDICATED) -> OrtRunner:
         return OrtRunner(artifact, threads, policy)

@@ -144,3 +144,17 @@ def read_image(path: Path, where: str = "") -> np.ndarray:
     if img is None:
         raise DataError(f"{where}{path}: cannot decode the image (not a PNG/JPEG/BMP or truncated). Replace or remove it.")
     return img
+
+
+def images_from(inputs: Any) -> list[tuple[str, np.ndarray]]:
+    """(name, BGR uint8 image) for each user input: an image path or an array (HxWx3 BGR; HxW gray and HxWx4 BGRA are
+    converted), one or a list. Every image task's `samples_from` reads its inputs here, so all accept the same."""
+    if isinstance(inputs, (str, Path, np.ndarray)):
+        inputs = [inputs]
+    out = []
+    for i, x in enumerate(inputs):
+        if isinstance(x, np.ndarray):
+            out.append((f"<array {i}>", as_bgr(x, f"input {i}")))
+        else:
+            out.append((str(x), read_image(Path(x))))
+    return out

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import register_task
-from .base import Batch, Task, read_image
+from .base import Batch, Task, images_from, read_image
 
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -143,19 +143,8 @@ class ClassifyTask(Task):
         return t
 
     def samples_from(self, inputs) -> list[Item]:
-        """Image paths or BGR uint8 arrays (HxWx3), one or a list."""
-        if isinstance(inputs, (str, Path, np.ndarray)):
-            inputs = [inputs]
-        items = []
-        for i, x in enumerate(inputs):
-            if isinstance(x, np.ndarray):
-                if x.ndim != 3 or x.shape[2] != 3 or x.dtype != np.uint8:
-                    raise DataError(f"input {i}: an array of shape {list(x.shape)} and dtype {x.dtype}; expected a BGR "
-                                    "uint8 image HxWx3 (as cv2.imread returns). Convert it first.")
-                items.append(Item(Path(f"<array {i}>"), x, -1))
-            else:
-                items.append(Item(Path(x), read_image(Path(x)), -1))
-        return items
+        """Image paths or BGR uint8 arrays (HxWx3; gray and BGRA are converted), one or a list."""
+        return [Item(Path(name), img, -1) for name, img in images_from(inputs)]
 
     def topk(self, outputs: list[np.ndarray]) -> list[list[tuple[int, float]]]:
         """Per sample, the `top_k` (class index, score) pairs, best first; the first is `decode`'s class."""

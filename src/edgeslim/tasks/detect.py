@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import DataError, InvalidParameterError
 from . import register_task
-from .base import Batch, Task, read_image
+from .base import Batch, Task, images_from, read_image
 
 __all__ = ["DetectTask", "FaceImage", "match_level", "average_precision", "box_agreement", "read_face_folder"]
 
@@ -393,19 +393,8 @@ class DetectTask(Task):
         return t
 
     def samples_from(self, inputs) -> list[FaceImage]:
-        """Image paths or BGR uint8 arrays (HxWx3), one or a list."""
-        if isinstance(inputs, (str, Path, np.ndarray)):
-            inputs = [inputs]
-        out = []
-        for i, x in enumerate(inputs):
-            if isinstance(x, np.ndarray):
-                if x.ndim != 3 or x.shape[2] != 3 or x.dtype != np.uint8:
-                    raise DataError(f"input {i}: an array of shape {list(x.shape)} and dtype {x.dtype}; expected a BGR "
-                                    "uint8 image HxWx3 (as cv2.imread returns). Convert it first.")
-                out.append(FaceImage(f"<array {i}>", x, None))
-            else:
-                out.append(FaceImage(str(x), read_image(Path(x)), None))
-        return out
+        """Image paths or BGR uint8 arrays (HxWx3; gray and BGRA are converted), one or a list."""
+        return [FaceImage(name, img, None) for name, img in images_from(inputs)]
 
     def predict(self, runner, inputs) -> list[list[dict]]:
         """Per image, the faces at the operating threshold: {box, score, landmarks} in image pixels."""
@@ -414,7 +403,3 @@ class DetectTask(Task):
 
         preds, _ = evaluate(runner, self, self.samples_from(inputs))
         return [[f.to_dict() for f in to_faces(p)] for p in self._op(preds)]
-
-
-# The body of `predict.py` for a detect deployment (edgeslim.deploy's snippet: its header defines D, ROOT and
-# run(feeds)). It repeats the decode with numpy alone, so a shipped folder needs no edgeslim.

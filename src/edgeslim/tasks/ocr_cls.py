@@ -163,6 +163,3 @@ class OcrClsTask(Task):
 
         preds, _ = evaluate(runner, self, self.samples_from(inputs))
         return [(self.labels[k], p) for k, p in preds]
-
-
-# The example program `predict.py` of an output folder (edgeslim.deploy.snippet): the task's part.

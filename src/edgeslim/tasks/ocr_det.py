@@ -276,8 +276,3 @@ class OcrDetTask(Task):
         samples = self.samples_from(inputs)
         preds, _ = evaluate(runner, self, samples)
         return [[np.round(q).astype(int).tolist() for q in self._pixels(p, s)] for p, s in zip(preds, samples)]
-
-
-# The example program `predict.py` of an output folder (edgeslim.deploy.snippet): the task's part, after the
-# engine's `run`. It needs only the engine's package, numpy and OpenCV, so the unclip grows the min-area rectangle
-# analytically (each side moved out by D) instead of calling pyclipper: boxes may differ from edgeslim's by a pixel.

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import register_task
-from .base import Batch, Task, as_bgr, read_image
+from .base import Batch, Task, images_from, read_image
 
 BUNDLED = Path(__file__).resolve().parent.parent / "data" / "ocr_synth"
 # A recognizer fed correctly gets most characters right; a CER this high means wrong input, not a weak model.
@@ -258,15 +258,7 @@ class OcrRecTask(Task):
 
     def samples_from(self, inputs) -> list[Line]:
         """Image paths or BGR uint8 arrays (HxWx3; HxW gray and HxWx4 BGRA are converted), one or a list."""
-        if isinstance(inputs, (str, Path, np.ndarray)):
-            inputs = [inputs]
-        lines = []
-        for i, x in enumerate(inputs):
-            if isinstance(x, np.ndarray):
-                lines.append(Line(f"<array {i}>", as_bgr(x, f"input {i}"), ""))
-            else:
-                lines.append(Line(str(x), read_image(Path(x)), ""))
-        return lines
+        return [Line(name, img, "") for name, img in images_from(inputs)]
 
 
 def _bench_pattern(h: int, w: int) -> np.ndarray:

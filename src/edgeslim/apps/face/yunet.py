@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 
 
+from ...policy import ThreadPolicy
 from ...tasks._yunet import (OUTPUT_NAMES, Face, Letterbox, YunetConfig, canonical_names, check_outputs, decode,
                              faces_to_array, letterbox, to_faces)
 
@@ -31,7 +32,7 @@ class YunetDetector:
 
     @classmethod
     def from_model(cls, model: str | Path, *, threads: int = 2, config: YunetConfig = YunetConfig(),
-                   policy: str = "dedicated") -> "YunetDetector":
+                   policy: str = ThreadPolicy.DEDICATED) -> "YunetDetector":
         """Load a YuNet ONNX file (fixed or dynamic input size) on onnxruntime, or an `edgeslim optimize` output
         folder (deploy.json) on the engine it names."""
         from ...model import load_onnx

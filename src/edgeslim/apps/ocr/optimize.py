@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ...candidate import Status
 from ...errors import InvalidParameterError
 from .pipeline import PIPELINE_FILE, ZOO_MODELS, OcrConfig, OcrModels, OcrPipeline, parse_det_limit
 
@@ -135,7 +136,7 @@ def pipeline_pick(study) -> str | None:
     pick under `selection["main_job_selected"]`."""
     if not study.selected:
         return None
-    tied = [study.candidate(i) for i in study.selection.get("tied", []) if study.candidate(i).status == "ok"]
+    tied = [study.candidate(i) for i in study.selection.get("tied", []) if study.candidate(i).status == Status.OK]
     if not tied:
         return study.selected
     pick = min(tied, key=lambda c: (c.size_bytes or 0, -c.fidelity.get("exact_match", 0.0)))

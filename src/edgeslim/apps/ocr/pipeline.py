@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ...policy import ThreadPolicy
 from ...errors import DataError
 from ...tasks._ocr_db import DBConfig, db_boxes
 from ...tasks._ocr_geometry import clip_quad, crop_quad, order_quad, reading_order
@@ -153,7 +154,7 @@ class OcrModels:
     describe: dict = field(default_factory=dict)
 
     @classmethod
-    def from_zoo(cls, threads: int = 2, policy: str = "dedicated", names: dict[str, str] | None = None) -> "OcrModels":
+    def from_zoo(cls, threads: int = 2, policy: str = ThreadPolicy.DEDICATED, names: dict[str, str] | None = None) -> "OcrModels":
         """The zoo's PP-OCR models on onnxruntime fp32."""
         import onnx
 
@@ -208,7 +209,7 @@ class OcrModels:
     def load(cls, source: str | Path | None = None, threads: int | None = None, policy: str | None = None) -> "OcrModels":
         """`None` or "zoo": the zoo models; else a pipeline folder."""
         if source is None or str(source) == "zoo":
-            return cls.from_zoo(threads or 2, policy or "dedicated")
+            return cls.from_zoo(threads or 2, policy or ThreadPolicy.DEDICATED)
         p = Path(source)
         if not p.exists():
             raise DataError(f"--models {source}: not found. Pass zoo or a folder written by `edgeslim optimize ocr-pipeline`.")

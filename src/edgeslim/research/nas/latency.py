@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...policy import ThreadPolicy
 from ...errors import InvalidParameterError
 
 __all__ = ["LatencyConfig", "Latency", "measure"]
@@ -28,7 +29,7 @@ class LatencyConfig:
     batch: int = 1
     rounds: int = 3
     target_round_s: float = 0.1
-    policy: str = "dedicated"
+    policy: str = ThreadPolicy.DEDICATED
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.batch < 1 or self.rounds < 1 or self.target_round_s <= 0:

@@ -1,0 +1,113 @@
+"""Each stage of `edgeslim.study.optimize` called alone, on a tiny model with raw data: its inputs, its outputs and
+what it must not do (a failing build stops nothing; the cache replays; the confirm set; the other policy's choice)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeslim.candidate import Candidate, Status
+from edgeslim.errors import InvalidParameterError
+from edgeslim.policy import ThreadPolicy
+from edgeslim.study import (Measurements, StudyConfig, build, choose, confirm, deliver, estimate, evaluate_baseline,
+                            evaluate_candidates, prepare, screen)
+
+from conftest import tiny_conv_model
+
+
+@pytest.fixture
+def raw(tmp_path):
+    model = tmp_path / "tiny.onnx"
+    tiny_conv_model(model)
+    data = tmp_path / "in.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(0, 1, (12, 3, 8, 8)).astype(np.float32))
+    return model, data
+
+
+def _config(raw, tmp_path, **kw) -> StudyConfig:
+    model, data = raw
+    base = dict(model=str(model), task="raw", data=str(data), recipes=("fp32", "w8"), engines=("ort",), rounds=2,
+                confirm_top=1, cache_dir=str(tmp_path / "cache"))
+    return StudyConfig(**{**base, **kw})
+
+
+def test_prepare_plans_and_loads_without_building(raw, tmp_path):
+    prep = prepare(_config(raw, tmp_path), tmp_path / "w")
+    assert [p.candidate.id for p in prep.plan] == ["ort/fp32", "ort/w8"]
+    assert prep.calib and prep.eval and prep.budget == prep.task.default_budget
+    assert (tmp_path / "w" / "candidates").is_dir() and not any((tmp_path / "w" / "candidates").iterdir())
+    assert prep.config.cpu is ThreadPolicy.DEDICATED and prep.data_hash is not None
+
+
+def test_prepare_refuses_bad_values_before_any_work(raw, tmp_path):
+    for kw, flag in (({"threads": 0}, "--threads"), ({"cpu": "busy"}, "--cpu"), ({"objective": "speed"}, "--objective"),
+                     ({"max_drop": -1.0}, "--max-drop"), ({"max_drop": float("nan")}, "--max-drop")):
+        with pytest.raises(InvalidParameterError, match=flag):
+            prepare(_config(raw, tmp_path, **kw), tmp_path / "w")
+        assert not (tmp_path / "w").exists()
+
+
+def test_baseline_build_and_evaluate_alone(raw, tmp_path):
+    prep = prepare(_config(raw, tmp_path), tmp_path / "w")
+    base = evaluate_baseline(prep)
+    assert base.candidate.id == "ort/original" and base.candidate.status == Status.OK
+    assert base.candidate.fidelity["exact_match"] == 1.0 and len(base.preds) == len(prep.eval)
+    cands = build(prep, base)
+    assert all(c.artifact and (prep.workdir / c.artifact).is_file() and c.metric is None for c in cands)
+    evaluate_candidates(prep, base, cands)
+    fp32 = cands[0]
+    assert fp32.metric is not None and fp32.fidelity["exact_match"] == 1.0 and fp32.status == Status.OK
+    # the cache: a second prepare + build replays every evaluated candidate without building it
+    prep2 = prepare(_config(raw, tmp_path), tmp_path / "w2")
+    again = build(prep2, evaluate_baseline(prep2))
+    assert all(c.cached and c.metric == o.metric for c, o in zip(again, cands))
+
+
+def test_a_failing_build_fails_its_candidate_only(raw, tmp_path, monkeypatch):
+    prep = prepare(_config(raw, tmp_path, cache=False), tmp_path / "w")
+    base = evaluate_baseline(prep)
+    w8 = prep.plan[1].recipe
+
+    def boom(ctx):
+        raise RuntimeError("converter exploded\nsecond line")
+
+    monkeypatch.setattr(w8, "apply", boom)
+    cands = build(prep, base)
+    assert cands[1].status == Status.FAILED and cands[1].reason == "RuntimeError: converter exploded"
+    evaluate_candidates(prep, base, cands)
+    assert cands[0].status == Status.OK and cands[1].status == Status.FAILED
+
+
+def test_screen_confirm_choose_estimate_deliver(raw, tmp_path):
+    prep = prepare(_config(raw, tmp_path, cache=False), tmp_path / "w")
+    base = evaluate_baseline(prep)
+    cands = [base.candidate] + build(prep, base)
+    evaluate_candidates(prep, base, cands[1:])
+    m = Measurements.start(prep, cands)
+    screen(prep, cands, m)
+    assert all(len(c.ratios) == 2 and c.speedup is not None for c in cands)
+    assert cands[0].speedup == 1.0  # the baseline's ratio to itself, every round
+    chosen = confirm(prep, cands, m)
+    assert chosen[0] is cands[0] and set(m.phases) == {"screen", "confirm", "other_policy"}
+    assert all(c.info.get("confirmed") for c in chosen)
+    assert all("speedup_shared" in c.info for c in chosen)  # the other policy, measured beside
+    selected, selection = choose(prep, cands)
+    assert selected is not None and selected.id in [c.id for c in chosen]
+    assert "if_shared" in selection and selection["why"]
+    profiles = estimate(prep, cands, m)
+    assert profiles and all("estimates" in c.roofline or "error" in c.roofline for c in cands)
+    res = deliver(prep, cands, m, selected, selection, profiles, 0.0, ["test"])
+    d = res.to_dict()
+    assert d["selected"] == selected.id and d["config"]["cpu"] == "dedicated" and d["objective"] == "latency"
+    assert [c["status"] for c in d["candidates"]] == [str(c.status) for c in cands]
+    assert d["bench"]["confirm"] == [c.id for c in chosen] and d["command"] == ["test"]
+
+
+def test_choose_never_picks_a_candidate_slower_than_the_original(raw, tmp_path):
+    prep = prepare(_config(raw, tmp_path, cache=False), tmp_path / "w")
+    base = Candidate(id="ort/original", recipe="original", engine="ort", speedup=1.0, ratios=[1.0] * 5)
+    slow = Candidate(id="ort/fp32", recipe="fp32", engine="ort", speedup=0.8, ratios=[0.8] * 5,
+                     fidelity={"exact_match": 1.0}, info={"confirmed": True})
+    base.info["confirmed"] = True
+    picked, why = choose(prep, [base, slow])
+    assert picked is base and "original is kept" in why["why"]
