@@ -76,7 +76,7 @@ def test_import_edgeslim_loads_no_engine_package():
 
 def test_registry_contract():
     assert {"ort", "mnn", "ncnn"} <= set(list_engines())
-    assert set(available_engines()) == {"ort", "mnn", "ncnn"}
+    assert set(available_engines()) == {"ort", "mnn", "ncnn", "openvino"}
     for name in list_engines():
         e = get_engine(name)
         assert e.precisions()[0] == "fp32"

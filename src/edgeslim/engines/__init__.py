@@ -1,4 +1,5 @@
-"""Runtimes that execute a candidate: registered by name (`ort`; `mnn`, `ncnn` from the `engines` extra).
+"""Runtimes that execute a candidate: registered by name (`ort`; `mnn`, `ncnn` from the `engines` extra; `openvino` from
+the `openvino` extra).
 
 An engine answers three questions: `convert(onnx_model, workdir) -> artifact path` (identity for ort),
 `load(artifact, threads) -> Runner`, and `Runner.run(feeds) -> list of outputs` named as in the ONNX model.
@@ -15,6 +16,7 @@ register_engine = ENGINES.register
 from . import ort as _ort  # noqa: E402,F401  (registers "ort")
 from . import mnn as _mnn  # noqa: E402,F401  (registers "mnn"; imports MNN only when used)
 from . import ncnn as _ncnn  # noqa: E402,F401  (registers "ncnn"; imports ncnn/pnnx only when used)
+from . import openvino as _openvino  # noqa: E402,F401  (registers "openvino"; imports openvino/nncf only when used)
 
 
 def get_engine(name: str) -> Engine:

@@ -1,0 +1,366 @@
+"""OpenVINO engine (Intel's inference toolkit; CPU plugin), converting ONNX to OpenVINO IR (.xml graph + .bin weights).
+
+Precisions: `fp32` (fp32 weights, inference precision f32: on CPUs with native bf16 the plugin would otherwise pick
+bf16 by itself); `bf16` (inference precision bf16, weights stored in fp16: half the file), offered only where the CPU
+plugin reports native bf16; `int8` (NNCF post-training quantization on edgeslim's calibration feeds; when a search
+score is given and full int8 costs more than half the budget, the layers whose int8 inputs lose most (SQNR on the
+calibration feeds) are kept in float through NNCF's ignored scope, the fewest that fit, as ncnn's int8-mixed does);
+`w8` (NNCF int8 weight-only compression, activations stay float: a quarter of the file).
+
+Conversion and quantization run in a child process with a timeout: the converter aborts the process on some graphs,
+and NNCF's calibration can hang on a model the plugin cannot compile.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from . import register_engine
+from ._io import io_from_meta
+from ._subprocess import call_function
+from ..policy import ThreadPolicy
+from .base import (INSTALL_HINT, ConversionError, Engine, EngineError, EngineUnavailableError, Feeds, meta_path, read_meta,
+                   sidecar_files, write_meta)
+
+__all__ = ["OpenVinoEngine", "OpenVinoRunner", "OV_PRECISIONS", "native_bf16", "runtime_properties", "policy_properties"]
+
+# precision -> (inference precision hint, IR weights stored in fp16, extra compile properties)
+OV_PRECISIONS: dict[str, tuple[str, bool, dict]] = {
+    "fp32": ("f32", False, {}),
+    "bf16": ("bf16", True, {}),
+    "int8": ("f32", False, {}),  # the layers left in float stay fp32: the search measured them so
+    # weight-only: without this the plugin quantizes activations of int8-weight MatMuls on the fly (group size 32)
+    "w8": ("f32", False, {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}),
+}
+CONVERT_TIMEOUT = 300.0
+QUANT_TIMEOUT = 600.0
+BF16_NOTE = "bf16 inference precision: this CPU has native bf16 (AVX512-BF16/AMX)"
+
+
+def _import_ov():
+    if importlib.util.find_spec("openvino") is None:
+        raise EngineUnavailableError(f"engine openvino needs the openvino package, which is not installed. Run {INSTALL_HINT}.")
+    import openvino
+
+    return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def native_bf16() -> bool:
+    """Whether the CPU plugin computes bf16 natively (else bf16 is emulated and slower than fp32, so not offered)."""
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    try:
+        return "BF16" in _import_ov().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # a plugin that cannot describe the CPU: offer what is exact
+        return False
+
+
+def policy_properties(policy: str) -> dict:
+    """CPU plugin properties for a thread policy. The plugin's TBB workers have no spin knob (they spin briefly, then
+    sleep, whatever is asked), so what differs is placement: dedicated pins threads to cores and splits work statically
+    (no stealing overhead on an idle CPU); shared leaves threads unpinned with TBB's adaptive partitioner, so work
+    moves away from cores other processes hold."""
+    dedicated = ThreadPolicy.of(policy).spins
+    return {"ENABLE_CPU_PINNING": dedicated, "TBB_PARTITIONER": "STATIC" if dedicated else "AUTO"}
+
+
+def runtime_properties(precision: str) -> dict:
+    """Compile properties a precision needs, apart from threads and the thread policy."""
+    hint, _, extra = OV_PRECISIONS[precision]
+    return {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, **extra}
+
+
+class OpenVinoRunner:
+    """Runs an IR on the CPU plugin. Dynamic dims stay dynamic (OCR widths, batch); a model the plugin cannot compile
+    with dynamic shapes is compiled per input shape instead."""
+
+    def __init__(self, artifact: Path, threads: int, policy: str = ThreadPolicy.DEDICATED) -> None:
+        ov = _import_ov()
+        meta = read_meta(artifact, "openvino")
+        self.meta, self.policy = meta, policy
+        self.input_names, self.output_names = list(meta["inputs"]), list(meta["outputs"])
+        self.properties = {**meta["properties"], "INFERENCE_NUM_THREADS": int(threads), **policy_properties(policy)}
+        self._core = ov.Core()
+        self._model = self._core.read_model(str(artifact))
+        self._by_shape: dict[tuple, tuple] = {}
+        self._dynamic = None
+        try:
+            self._dynamic = self._compile(self._model)
+        except RuntimeError:
+            if all(i.get_partial_shape().is_static for i in self._model.inputs):
+                raise
+            # some layers have no dynamic-shape kernel on this plugin: compiled per shape, at first use
+
+    def _compile(self, model) -> tuple:
+        cm = self._core.compile_model(model, "CPU", self.properties)
+        order = []
+        for name in self.output_names:
+            found = [j for j, o in enumerate(cm.outputs) if name in o.get_names()]
+            order.append(found[0] if found else len(order))
+        return cm, cm.create_infer_request(), order
+
+    def _for(self, feeds: dict[str, np.ndarray]) -> tuple:
+        if self._dynamic is not None:
+            return self._dynamic
+        key = tuple(tuple(np.shape(feeds[n])) for n in self.input_names)
+        if key not in self._by_shape:
+            if len(self._by_shape) >= 8:  # a stream of new widths: keep memory bounded
+                self._by_shape.pop(next(iter(self._by_shape)))
+            m = self._model.clone()
+            m.reshape({n: list(s) for n, s in zip(self.input_names, key)})
+            self._by_shape[key] = self._compile(m)
+        return self._by_shape[key]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        cm, req, order = self._for(feeds)
+        res = req.infer({n: np.ascontiguousarray(feeds[n], np.float32) for n in self.input_names})
+        return [np.array(res[cm.outputs[j]], copy=True) for j in order]
+
+    def compiled_properties(self) -> dict:
+        """What the plugin reports it applied (as strings), for the properties this runner asked for."""
+        cm = self._dynamic[0] if self._dynamic is not None else None
+        if cm is None:
+            return {}
+        return {k: str(cm.get_property(k)) for k in self.properties}
+
+
+def _onnx_names(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits], [o.name for o in model.graph.output]
+
+
+def _one_line(e: BaseException) -> str:
+    """The informative line of an OpenVINO/NNCF error (theirs are multi-line C++ check reports)."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    named = [s.lstrip("- ") for s in lines if s.startswith("--") or "conversion rule" in s]
+    return (named[-1] if named else (lines[-1] if lines else type(e).__name__))[:300]
+
+
+def _read_feeds(feeds_file: str) -> list[dict]:
+    z = np.load(feeds_file)
+    n = int(z["__count__"])
+    return [{k.split("/", 1)[1]: z[k] for k in z.files if k.startswith(f"{i}/")} for i in range(n)]
+
+
+def _sensitivity(model, feeds: list[dict], limit: int = 16) -> list[dict]:
+    """Layers fed by int8 activations, most hurt first: SQNR of each FakeQuantize (its output vs its input, both from
+    the quantized model on calibration feeds), a layer scored by its worst quantized input."""
+    import openvino as ov
+
+    fqs = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+           and op.input_value(0).get_node().get_type_name() != "Constant"]
+    if not fqs:
+        return []
+    probe = model.clone()
+    by_name = {op.get_friendly_name(): op for op in probe.get_ordered_ops()}
+    pairs = []
+    for fq in fqs:
+        p = by_name[fq.get_friendly_name()]
+        pairs.append((p.input_value(0), p.output(0)))
+    added = probe.add_outputs([o for pair in pairs for o in pair])
+    # results are read by position: find each added output among the model's outputs (a tensor added twice is one)
+    where = [next(i for i, r in enumerate(probe.outputs) if r.get_node() == o.get_node() and r.get_index() == o.get_index())
+             for o in added]
+    cm = ov.Core().compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    req = cm.create_infer_request()
+    sig = np.zeros(len(fqs))
+    err = np.zeros(len(fqs))
+    for f in feeds[:limit]:
+        res = req.infer(f)
+        for j in range(len(fqs)):
+            a = np.asarray(res[cm.outputs[where[2 * j]]], np.float64)
+            q = np.asarray(res[cm.outputs[where[2 * j + 1]]], np.float64)
+            sig[j] += float((a * a).sum())
+            err[j] += float(((a - q) ** 2).sum())
+    sqnr = 10 * np.log10(np.maximum(sig, 1e-30) / np.maximum(err, 1e-30))
+    layers: dict[str, float] = {}
+    for fq, s in zip(fqs, sqnr):
+        for t in fq.output(0).get_target_inputs():
+            name = t.get_node().get_friendly_name()
+            layers[name] = min(layers.get(name, np.inf), float(s))
+    return [{"layer": k, "input_sqnr_db": round(v, 2)} for k, v in sorted(layers.items(), key=lambda kv: kv[1])]
+
+
+def build_ir(onnx_path: str, out_xml: str, precision: str, feeds_file: str | None = None, ignored: list[str] | None = None,
+             rank: bool = False) -> dict:
+    """Run in a child process: ONNX -> IR at `precision` (NNCF for int8/w8). Returns facts for the sidecar."""
+    import logging
+
+    import openvino as ov
+
+    try:
+        model = ov.convert_model(onnx_path)
+    except Exception as e:
+        raise RuntimeError(f"OpenVINO cannot convert the model: {_one_line(e)}") from None
+    info: dict = {}
+    if precision in ("int8", "w8"):
+        import nncf
+
+        nncf.set_log_level(logging.ERROR)
+        try:
+            if precision == "w8":
+                model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+                info["w8"] = {"method": "nncf.compress_weights", "mode": "INT8_ASYM"}
+            else:
+                feeds = _read_feeds(feeds_file)
+                scope = nncf.IgnoredScope(names=list(ignored or []), validate=False)
+                model = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), ignored_scope=scope)
+                info["calibration"] = {"samples": len(feeds), "method": "nncf.quantize (PTQ, preset performance)"}
+                if rank:
+                    info["sensitivity"] = _sensitivity(model, feeds)
+        except Exception as e:
+            raise RuntimeError(f"NNCF failed on the model: {_one_line(e)}") from None
+    ops: dict[str, int] = {}
+    for op in model.get_ops():
+        ops[op.get_type_name()] = ops.get(op.get_type_name(), 0) + 1
+    info["fake_quantize"] = ops.get("FakeQuantize", 0)
+    ov.save_model(model, out_xml, compress_to_fp16=OV_PRECISIONS[precision][1])
+    return info
+
+
+def _save_feeds(feeds: list[Feeds], path: Path) -> None:
+    arrays = {"__count__": np.array(len(feeds))}
+    for i, f in enumerate(feeds):
+        for k, v in f.items():
+            arrays[f"{i}/{k}"] = np.asarray(v, np.float32)
+    np.savez(path, **arrays)
+
+
+@register_engine("openvino")
+class OpenVinoEngine(Engine):
+    name = "openvino"
+    suffix = ".xml"
+    package = "openvino"
+    model_files = {"xml": "model.xml", "bin": "model.bin"}
+    main_role = "xml"
+    roles = {"xml": "OpenVINO IR graph (.xml)", "bin": "OpenVINO IR weights (.bin)"}
+
+    @property
+    def default_precisions(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("fp32", "bf16", "int8") if native_bf16() else ("fp32", "int8")
+
+    def available(self) -> bool:
+        return importlib.util.find_spec("openvino") is not None
+
+    def version(self) -> str:
+        return _import_ov().get_version()
+
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(p for p in OV_PRECISIONS if p != "bf16" or native_bf16())
+
+    def needs_calibration(self, precision: str) -> bool:
+        return precision == "int8"
+
+    def searches(self, precision: str) -> bool:
+        return precision == "int8"
+
+    def artifact_files(self, artifact: Path) -> list[Path]:
+        artifact = Path(artifact)
+        return [artifact, artifact.with_suffix(".bin")]
+
+    def deploy_layout(self, artifact: Path, source=None) -> dict:
+        artifact = Path(artifact)
+        meta = read_meta(artifact, self.name)
+        inputs, outputs = io_from_meta(meta, source)
+        copies = {artifact: self.model_files["xml"], artifact.with_suffix(".bin"): self.model_files["bin"],
+                  meta_path(artifact): self.model_files["xml"] + ".json"}
+        options = {"device": "CPU", "properties": meta["properties"], "policy_properties": meta["policy_properties"]}
+        return {"copies": copies, "options": options, "inputs": inputs, "outputs": outputs,
+                "note": "compile with runtime.options.properties, INFERENCE_NUM_THREADS = runtime.threads and "
+                        "runtime.options.policy_properties[runtime.thread_policy.policy]"}
+
+    def bare_files(self, path: Path) -> dict[str, str] | None:
+        return sidecar_files(path, self.name, {"xml": path.name, "bin": path.with_suffix(".bin").name})
+
+    def _build(self, src: Path, out: Path, precision: str, work: Path, feeds_file: Path | None = None,
+               ignored: list[str] | None = None, rank: bool = False) -> dict:
+        timeout = QUANT_TIMEOUT if precision in ("int8", "w8") else CONVERT_TIMEOUT
+        info = call_function("edgeslim.engines.openvino:build_ir", {
+            "onnx_path": str(src), "out_xml": str(out), "precision": precision,
+            "feeds_file": str(feeds_file) if feeds_file else None, "ignored": ignored or [], "rank": rank},
+            timeout, work, f"openvino {precision} conversion")
+        if not out.exists() or not out.with_suffix(".bin").exists():
+            raise ConversionError(f"openvino {precision} conversion wrote no IR for {src.name}. Convert the model again.")
+        return info
+
+    def convert(self, model: onnx.ModelProto, out: Path, precision: str = "fp32",
+                calib_feeds: Iterable[Feeds] | None = None, calib_limit: int = 64, score=None,
+                budget: float = 0.005) -> Path:
+        """Write `<out>` (.xml), its .bin and the .json sidecar. int8 needs `calib_feeds`; with `score(artifact) ->
+        (metric drop, fidelity)` and `budget`, the layers most hurt by int8 are kept in float, the fewest that keep
+        the drop within half the budget (`ncnn.fewest_kept`)."""
+        self.check_precision(precision)
+        _import_ov()
+        out = Path(out)
+        if out.suffix != ".xml":
+            raise ConversionError(f"{out}: an OpenVINO IR is named *.xml (its weights go to *.bin beside it). Pass a .xml name.")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        inputs, outputs = _onnx_names(model)
+        meta = {"engine": "openvino", "precision": precision, "inputs": inputs, "outputs": outputs,
+                "properties": runtime_properties(precision),
+                "policy_properties": {p.value: policy_properties(p) for p in ThreadPolicy},
+                "weights": "fp16" if OV_PRECISIONS[precision][1] else ("int8" if precision in ("int8", "w8") else "fp32")}
+        if precision == "bf16":
+            meta["note"] = BF16_NOTE
+        with tempfile.TemporaryDirectory(prefix="edgeslim-openvino-") as d:
+            d = Path(d)
+            src = d / "model.onnx"
+            onnx.save(model, str(src))
+            feeds_file = None
+            if precision == "int8":
+                feeds = [f for _, f in zip(range(calib_limit), calib_feeds or ())]
+                if not feeds:
+                    raise ConversionError("openvino int8 needs calibration feeds. Pass calib_feeds, or use precision w8.")
+                feeds_file = d / "calib.npz"
+                _save_feeds(feeds, feeds_file)
+            built = d / "full.xml"
+            info = self._build(src, built, precision, d, feeds_file, rank=precision == "int8" and score is not None)
+            if precision == "int8":
+                sens = info.pop("sensitivity", [])
+                order = [s["layer"] for s in sens]
+                kept: list[str] = []
+                if score is not None and order:
+                    from .ncnn import fewest_kept
+
+                    def trial(k: int, _path: Path):
+                        tx = d / f"trial{k}.xml"
+                        if k == 0:
+                            shutil.copy(built, tx)
+                            shutil.copy(built.with_suffix(".bin"), tx.with_suffix(".bin"))
+                        else:
+                            self._build(src, tx, precision, d, feeds_file, ignored=order[:k])
+                        write_meta(tx, {**meta, "float_layers": order[:k]})
+                        return score(tx)
+
+                    k, trials = fewest_kept(order, trial, d, budget)
+                    kept = order[:k]
+                    chosen = d / f"trial{k}.xml"
+                    if chosen.exists():
+                        built = chosen
+                    else:
+                        info = self._build(src, built, precision, d, feeds_file, ignored=kept)
+                    info["search"] = trials
+                    info["sensitivity"] = sens
+                info["float_layers"] = kept
+                info["int8_layers"] = len(order) - len(kept) if order else info.get("fake_quantize", 0)
+                if kept:
+                    meta["note"] = f"int8 (NNCF) with {len(kept)} of {len(order)} quantized layers kept in fp32 (search on the task metric)"
+            shutil.move(str(built.with_suffix(".bin")), str(out.with_suffix(".bin")))
+            shutil.move(str(built), str(out))
+        write_meta(out, {**meta, **info})
+        return out
+
+    def load(self, artifact: Path, threads: int, policy: str = ThreadPolicy.DEDICATED) -> OpenVinoRunner:
+        artifact = Path(artifact)
+        if not artifact.exists() or not artifact.with_suffix(".bin").exists():
+            raise EngineError(f"{artifact}: OpenVINO IR (.xml + .bin) not found. Convert one with `edgeslim convert --to openvino`.")
+        return OpenVinoRunner(artifact, threads, policy)
