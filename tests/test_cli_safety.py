@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import os
 import shutil
 import signal
@@ -28,10 +29,17 @@ def es(*args, cwd=None, timeout=300, env=None):
                           env=env)
 
 
+PROGRESS_LINE = re.compile(r"^\[\s*\d+ s\] ")  # a stage starting, printed when stderr is not a terminal
+
+
 def one_line(r, code=2, *needles):
+    """The error is one line, after any progress lines (one per stage started before the failure)."""
     assert r.returncode == code, (r.returncode, r.stdout[-500:], r.stderr[-2000:])
-    err = r.stderr.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    lines = r.stderr.strip().splitlines()
+    while lines and PROGRESS_LINE.match(lines[0]):
+        lines.pop(0)
+    err = "\n".join(lines)
+    assert "Traceback" not in err and len(lines) == 1, err
     for n in needles:
         assert n in err, err
     return err

@@ -107,6 +107,8 @@ def save_outputs(study, folder: Path, opts: dict[str, Any] | None = None) -> dic
                                            "speedup": sel.speedup, "speedup_range": sel.speedup_range,
                                            "metric": {study.metric_name: sel.metric}, "fidelity": sel.fidelity})
     paths = write_report(study, folder, deploy_info=deploy_info)
+    if opts is not None and not opts.get("candidates", True):  # --no-candidates: only what ships, and the reports
+        shutil.rmtree(folder / "candidates", ignore_errors=True)
     if opts is not None:
         cfg = {k: v for k, v in opts.items() if k not in ("force",)}
         cfg["model"] = study.config.model

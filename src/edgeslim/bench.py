@@ -34,7 +34,7 @@ from .errors import InvalidParameterError
 from .policy import ThreadPolicy
 
 __all__ = ["BenchSpec", "BenchResult", "bench_rounds", "bench_one", "machine_info", "Telemetry", "noise_reasons",
-           "worker_env", "random_feeds", "bench_target", "BenchTarget"]
+           "worker_env", "random_feeds", "bench_target", "BenchTarget", "busy_warning"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -428,6 +428,23 @@ class BenchTarget:
     threads: int
     policy: ThreadPolicy
     feeds: dict[str, np.ndarray]
+    original: Path | None = None  # an output folder's original model, timed beside it (on the default engine)
+
+
+def _original_of(folder: Path) -> Path | None:
+    """The model an output folder was optimized from: its baseline candidate's file if the folder kept candidates/,
+    else the model path results.json records, if it still exists."""
+    import json
+
+    try:
+        d = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    base = next((c for c in d.get("candidates", []) if c.get("id") == d.get("baseline")), None)
+    for p in ([folder / base["artifact"]] if base and base.get("artifact") else []) + [Path(str((d.get("config") or {}).get("model")))]:
+        if p.suffix == ".onnx" and p.is_file():
+            return p
+    return None
 
 
 def bench_target(model: str, engine: str | None, threads: int | None, policy: str | None,
@@ -470,7 +487,22 @@ def bench_target(model: str, engine: str | None, threads: int | None, policy: st
         run_all_tensors(m, feeds, [])
     else:
         get_engine(engine).load(artifact, threads).run(feeds)
-    return BenchTarget(engine, Path(artifact), threads, pol, feeds)
+    return BenchTarget(engine, Path(artifact), threads, pol, feeds, _original_of(p) if p.is_dir() else None)
+
+
+def busy_warning(tel: dict) -> str | None:
+    """One line when the machine was busy while timing (other processes' CPU time, or a load average above half the
+    cores before the run), else None."""
+    reasons = []
+    if tel.get("other_load_cores") is not None and tel["other_load_cores"] > LOAD_ALLOWANCE:
+        reasons.append(f"other processes kept {tel['other_load_cores']:.2f} cores busy")
+    cores = os.cpu_count() or 1
+    if tel.get("loadavg_before") is not None and tel["loadavg_before"] > cores / 2:
+        reasons.append(f"load average {tel['loadavg_before']} on {cores} cores before timing")
+    if not reasons:
+        return None
+    return "the machine was busy (" + "; ".join(reasons) + "): absolute times are inflated; the ratio to the original, " \
+           "timed in the same rounds, holds better"
 
 
 def _cpu_flags() -> tuple[str, list[str]]:

@@ -68,7 +68,7 @@ def _optimize(*, config: Optional[Path], resume: bool, as_json: bool, **given) -
     cfg.validate()  # every value checked before any work
     with OutputDir(opts["outdir"], force=bool(opts["force"]), inputs=(cfg.model, cfg.data), option="-o") as od:
         _record_run(od.target, opts)
-        with _Progress(enabled=not as_json and sys.stderr.isatty()) as prog:
+        with _Progress(enabled=True) as prog:
             result = run_study(cfg, od.tmp, progress=prog, command=["edgeslim", *sys.argv[1:]])
         save_outputs(result, od.tmp, opts)
         out = od.commit()
@@ -79,23 +79,44 @@ def _optimize(*, config: Optional[Path], resume: bool, as_json: bool, **given) -
 
 
 def _print_study(result, out: Path) -> None:
-    from rich.console import Console
+    """The run's table and, in one line each, what a user needs before shipping: why each other candidate lost, what
+    the selected one really is, whether the timings can be trusted."""
+    from rich.markup import escape
 
     from .candidate import Status
 
-    con = Console()
+    from .console import stdout
+
+    con = stdout()
+    rows = []
+    for c in result.candidates:
+        sp = "-" if c.speedup is None else f"{c.speedup:.2f}x" + (
+            f" [{c.speedup_range[0]:.2f}-{c.speedup_range[1]:.2f}]" if c.speedup_range else "")
+        rows.append([c.id + (" (selected)" if c.id == result.selected else ""), str(c.status),
+                     "-" if c.metric is None else f"{c.metric:.4f}",
+                     "-" if not c.fidelity else f"{c.fidelity.get('exact_match', 0):.3f}", sp,
+                     "-" if c.size_bytes is None else f"{c.size_bytes / 1e6:.2f} MB"])
     con.print(_table(f"{result.config.model_label}: {result.metric_name} budget {result.budget} (baseline {result.baseline})",
-                     ["candidate", "status", result.metric_name, "agree", "p50 ms", "speedup", "size"], [r[:-1] for r in result.to_rows()]))
+                     ["candidate", "status", result.metric_name, "agree", "speedup [range]", "size"], rows))
+    con.print("speedup: median of per-round ratios to the original, timed in this run, each candidate in its own process "
+              "(this figure selects; [range] = slowest..fastest round); agree: share of outputs decoded exactly as the "
+              "original's.", soft_wrap=True, style="dim")
     for c in result.candidates:
         if c.status != Status.OK:
-            con.print(f"  {c.id} {c.status}: {c.reason}", soft_wrap=True)
-    if result.bench.get("noisy"):
-        why = result.bench.get("noise_reasons", [])
-        shown = "; ".join(why[:2]) + (f"; {len(why) - 2} more in report.md" if len(why) > 2 else "")
-        con.print(f"[yellow]warning: timings were noisy ({shown}); speedups are less certain than usual.[/yellow]",
-                  soft_wrap=True)
+            con.print(f"  {escape(c.id)} {c.status}: {escape(c.reason)}", soft_wrap=True)
     if result.selection.get("why"):
-        con.print(f"selection: {result.selection['why']}", soft_wrap=True)
+        con.print(f"selection: {escape(result.selection['why'])}", soft_wrap=True)
+    for cid, why in (result.selection.get("lost") or {}).items():
+        con.print(f"  {escape(cid)} lost: {escape(why)}", soft_wrap=True)
+    if result.selected:
+        sel = result.candidate(result.selected)
+        note = sel.info.get("note")
+        if note:
+            con.print(f"[bold]note on {escape(sel.id)}:[/bold] {escape(note)}", soft_wrap=True)
+    if result.bench.get("noisy"):
+        n = len(result.bench.get("noise_reasons", []))
+        con.print(f"[yellow]warning: the timings were noisy ({n} sign{'s' if n != 1 else ''}, listed in report.md): "
+                  "speedups are less certain than usual.[/yellow]", soft_wrap=True)
     cached = result.provenance.get("cache", {})
     con.print(f"selected: [bold]{result.selected or 'none'}[/bold]  ->  {out}/  ({result.seconds:.0f} s"
               + (f", {cached.get('hits', 0)} from cache" if cached.get("hits") else "") + ")")
@@ -141,6 +162,21 @@ def _schema_command(impl):
 optimize = app.command("optimize")(_schema_command(_optimize))
 
 
+def _warn_not_a_line(inputs: list[str]) -> None:
+    """A text recognizer reads one line of text per image; a whole photo gives junk, silently. Say so."""
+    from PIL import Image
+
+    for i in inputs:
+        try:
+            with Image.open(i) as im:
+                w, h = im.size
+        except Exception:  # the task's own reader reports unreadable files
+            continue
+        if h > 0.5 * w:
+            typer.echo(f"warning: {i} is {w}x{h} px: a text recognizer reads one line of text per image (wide, like the "
+                       "bundled src/edgeslim/data/ocr_synth/*.png). For a whole photo use `edgeslim ocr PHOTO`.", err=True)
+
+
 def _run_record(target: Path) -> Path:
     import hashlib
 
@@ -181,6 +217,8 @@ def run(
     for i in inputs:
         if not Path(i).exists():
             raise InvalidParameterError(f"{i}: input file not found. Pass existing image or .npz files.")
+    if (d.spec.get("task") or {}).get("name") == "ocr-rec":
+        _warn_not_a_line(inputs)
     preds = d.predict(list(inputs))
     if isinstance(preds, dict):  # raw: named output arrays
         import numpy as np
@@ -214,9 +252,10 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
         return
-    from rich.console import Console
 
-    con = Console()
+    from .console import stdout
+
+    con = stdout()
     d = info.to_dict()
     con.print(f"[bold]{path}[/bold]  opset {info.opset}  ir {info.ir_version}  {info.size_bytes / 1e6:.2f} MB  "
               f"params {info.params:,}" + (f"  MACs {info.macs / 1e9:.3f} G at {info.macs_shape}" if info.macs else "  (MACs: pass --shape)"))
@@ -231,39 +270,69 @@ def bench(
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads [default: the folder's deploy.json, else 2]."),
     shape: Optional[str] = typer.Option(None, "--shape", help="Input shape, e.g. 1x3x48x320; needed when the model has "
                                         "dynamic dims other than the batch."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="Engine for a model file (an output folder names its own) [default: ort]."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine for a model file (an output folder names its own) "
+                                         "[default: ort]."),
     rounds: int = typer.Option(5, "--rounds", min=1, help="Rounds of timed runs."),
-    cpu: Optional[str] = typer.Option(None, "--cpu", help="Thread-pool policy: dedicated | shared [default: the folder's, else dedicated]."),
+    cpu: Optional[str] = typer.Option(None, "--cpu", help="Thread-pool policy: dedicated | shared [default: the folder's, "
+                                      "else dedicated]."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Latency p50/p90/p99 after warm-up (automatic repeats), throughput, peak RSS, CPU telemetry."""
-    from .bench import bench_one, bench_target, machine_info
+    """Latency p50/p90/p99 after warm-up (automatic repeats), throughput, peak RSS, CPU telemetry; for an output folder
+    also its original model, timed beside it in the same rounds, and the speedup."""
+    from .bench import BenchSpec, bench_rounds, bench_target, busy_warning, machine_info
+    from .engines import DEFAULT_ENGINE
 
     t = bench_target(model, engine, threads, cpu, _parse_shape(shape))
-    engine, artifact, threads, cpu, feeds = t.engine, t.artifact, t.threads, t.policy, t.feeds
+    specs = [BenchSpec(id="model", engine=t.engine, artifact=str(t.artifact))]
+    if t.original is not None:  # the original first: it is the baseline of the per-round ratios
+        specs.insert(0, BenchSpec(id="original", engine=DEFAULT_ENGINE, artifact=str(t.original)))
     with _Progress(enabled=not as_json) as prog:
-        res, tel = bench_one(engine, str(artifact), feeds, threads, rounds, progress=lambda r, n: prog("benchmark", r, n),
-                             policy=cpu)
+        results, tel = bench_rounds(specs, t.feeds, t.threads, rounds, policy=t.policy,
+                                    progress=lambda r, n: prog("benchmark", r, n))
+    res = results[-1]
     if not res.ok:
-        raise EdgeslimError(f"{artifact}: benchmark failed ({res.reason}).")
-    lat = res.latency()
-    out = {"model": str(artifact), "engine": engine, "threads": threads, "cpu": cpu,
-           "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
-           "latency_ms": lat, "throughput_per_s": round(1e3 / lat["mean"] * next(iter(feeds.values())).shape[0], 2),
-           "samples": len(res.times_ms), "repeats_per_round": res.repeats, "rounds": rounds,
-           "peak_rss_mb": round(res.peak_rss_mb, 1), "telemetry": tel, "machine": machine_info(threads)}
+        raise EdgeslimError(f"{t.artifact}: benchmark failed ({res.reason}).")
+    out = _bench_figures(t, res, results[0] if t.original is not None else None, tel, rounds, machine_info(t.threads))
+    out["warning"] = busy_warning(tel)
     if as_json:
         typer.echo(json.dumps(out, indent=2))
         return
-    from rich.console import Console
+    _print_bench(out, res, rounds, tel)
 
-    con = Console()
-    con.print(_table(f"{Path(artifact).name} on {engine}, {threads} threads ({cpu}), input {out['input_shapes']}", ["figure", "value"], [
-        ["p50 / p90 / p99 ms", f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f}"],
-        ["throughput", f"{out['throughput_per_s']:.1f} /s"], ["runs", f"{out['samples']} ({rounds} rounds x {res.repeats})"],
-        ["peak RSS", f"{out['peak_rss_mb']:.0f} MB"],
-        *[[k, "n/a" if tel.get(k) is None else f"mean {tel[k]['mean']}, max {tel[k]['max']}"] for k in ("cpu_percent", "freq_mhz", "temp_c")],
-    ]))
+
+def _bench_figures(t, res, orig, tel: dict, rounds: int, machine: dict) -> dict:
+    lat = res.latency()
+    out = {"model": str(t.artifact), "engine": t.engine, "threads": t.threads, "cpu": str(t.policy),
+           "input_shapes": {k: list(v.shape) for k, v in t.feeds.items()},
+           "latency_ms": lat, "throughput_per_s": round(1e3 / lat["mean"] * next(iter(t.feeds.values())).shape[0], 2),
+           "samples": len(res.times_ms), "repeats_per_round": res.repeats, "rounds": rounds,
+           "peak_rss_mb": round(res.peak_rss_mb, 1), "telemetry": tel, "machine": machine}
+    if orig is not None and orig.ok:
+        out["original"] = {"model": str(t.original), "latency_ms": orig.latency(), "speedup": res.speedup(),
+                           "speedup_range": res.speedup_range(), "ratios": [round(x, 4) for x in res.ratios]}
+    return out
+
+
+def _print_bench(out: dict, res, rounds: int, tel: dict) -> None:
+
+    from .console import stdout
+
+    con = stdout()
+    lat = out["latency_ms"]
+    rows = [["p50 / p90 / p99 ms", f"{lat['p50']:.2f} / {lat['p90']:.2f} / {lat['p99']:.2f}"]]
+    if "original" in out:
+        o = out["original"]
+        rows += [["speedup vs the original", f"{o['speedup']:.2f}x [{o['speedup_range'][0]:.2f}-{o['speedup_range'][1]:.2f}] "
+                  "(median of per-round ratios, timed in the same rounds)"],
+                 ["original p50 ms", f"{o['latency_ms']['p50']:.2f}"]]
+    rows += [["throughput", f"{out['throughput_per_s']:.1f} /s"], ["runs", f"{out['samples']} ({rounds} rounds x {res.repeats})"],
+             ["peak RSS", f"{out['peak_rss_mb']:.0f} MB"],
+             *[[k, "n/a" if tel.get(k) is None else f"mean {tel[k]['mean']}, max {tel[k]['max']}"]
+               for k in ("cpu_percent", "freq_mhz", "temp_c")]]
+    con.print(_table(f"{Path(out['model']).name} on {out['engine']}, {out['threads']} threads ({out['cpu']}), "
+                     f"input {out['input_shapes']}", ["figure", "value"], rows))
+    if out.get("warning"):
+        con.print(f"[yellow]warning: {out['warning']}.[/yellow]", soft_wrap=True)
 
 
 @app.command()

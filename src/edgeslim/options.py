@@ -108,13 +108,15 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     _o("engine_precisions", (str, list), None, "Exact engine:precision list, e.g. mnn:int8,ncnn:bf16."),
     _o("rounds", (int,), 5, "Alternating benchmark rounds.", bounds=(1, 1000)),
     _o("confirm_top", (int,), 3, "Fastest candidates re-measured head to head before selecting, with any the screen cannot "
-       "tell from the last of them.", bounds=(0, 100)),
+       "tell from the last of them (0: no confirmation).", bounds=(0, 100)),
     _o("cpu", (str,), ThreadPolicy.DEDICATED.value, "Thread-pool policy that selects: dedicated (idle CPU, spinning pools) | "
        "shared (busy CPU, passive).", choices=ThreadPolicy,
        advice="Use dedicated (an otherwise idle CPU) or shared (a busy CPU)"),
     _o("outdir", (str,), "edgeslim-out", "Output folder; replaced atomically at the end, only if "
        "edgeslim wrote it.", aliases=("-o",), is_path=True),
     _o("force", (bool,), False, "Replace an edgeslim output folder even if files were added to it."),
+    _o("candidates", (bool,), True, "Keep every candidate's files under candidates/ in the output folder (off: the folder "
+       "holds only what to ship, as deploy.json lists it, and the reports)."),
     _o("calib_limit", (int,), None, "Use at most this many calibration samples.", bounds=(1, 10**9)),
     _o("eval_limit", (int,), None, "Use at most this many evaluation samples.", bounds=(1, 10**9)),
     _o("full", (bool,), False, "Evaluate on every evaluation line (default: a subset, to finish within minutes)."),

@@ -14,34 +14,57 @@ __all__ = ["write_report", "pareto_plot", "markdown"]
 HEADERS = ["candidate", "status", "metric", "agree w/ fp32", "p50 ms", "speedup", "size", "reason"]
 
 
+def _front(pts: list, better) -> set[str]:
+    """Ids of the candidates no other candidate beats on both latency and metric."""
+    out = set()
+    for c in pts:
+        lat, m = c.latency_ms["p50"], c.metric
+        if not any(o is not c and o.latency_ms["p50"] <= lat and better(o.metric, m) and
+                   (o.latency_ms["p50"] < lat or o.metric != m) for o in pts):
+            out.add(c.id)
+    return out
+
+
 def pareto_plot(result, path: Path) -> None:
-    """Metric vs latency; marker area ~ size; the selected candidate ringed; rejected/failed hollow."""
+    """Metric vs latency; marker area ~ size; the selected candidate ringed; rejected/failed hollow. Only the front
+    (no candidate both faster and better) and the selection are labelled; candidates whose metric collapsed sit on a
+    band at the top edge, so they do not squash the useful part of the axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     pts = [c for c in result.candidates if c.metric is not None and c.latency_ms]
+    collapsed = [c for c in pts if c.status != Status.OK and c.reason.startswith("collapsed")]
+    shown = [c for c in pts if c not in collapsed]
     smax = max((c.size_bytes or 1) for c in pts) if pts else 1
-    for c in pts:
+    better = (lambda a, b: a >= b) if result.higher_is_better else (lambda a, b: a <= b)
+    label = _front([c for c in shown if c.status == Status.OK], better) | ({result.selected} if result.selected else set())
+    vals = [c.metric for c in shown] or [0.0]
+    lo, hi = min(vals), max(vals)
+    pad = (hi - lo) * 0.15 or max(abs(hi) * 0.1, 1e-3)
+    band = (hi + 2 * pad) if not result.higher_is_better else (lo - 2 * pad)
+    for c in shown + collapsed:
         area = 40 + 900 * (c.size_bytes or 0) / smax
         ok = c.status == Status.OK
-        ax.scatter(c.latency_ms["p50"], c.metric, s=area, alpha=0.6 if ok else 0.25,
+        y = band if c in collapsed else c.metric
+        ax.scatter(c.latency_ms["p50"], y, s=area, alpha=0.6 if ok else 0.35, marker="^" if c in collapsed else "o",
                    facecolors=None if ok else "none", edgecolors="k" if ok else "tab:red", linewidths=1)
-        ax.annotate(c.id.removeprefix("ort/"), (c.latency_ms["p50"], c.metric), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        if c.id in label:
+            ax.annotate(c.id, (c.latency_ms["p50"], y), fontsize=7, xytext=(5, 5), textcoords="offset points")
         if c.id == result.selected:
-            ax.scatter(c.latency_ms["p50"], c.metric, s=area * 1.8, facecolors="none", edgecolors="tab:green", linewidths=2.5,
+            ax.scatter(c.latency_ms["p50"], y, s=area * 1.8, facecolors="none", edgecolors="tab:green", linewidths=2.5,
                        label=f"selected: {c.id}")
-    ax.set_xlabel("latency p50 (ms)")
+    if collapsed:
+        ax.axhline(band, color="tab:red", alpha=0.2, linewidth=8)
+        ax.annotate(f"collapsed ({len(collapsed)}): metric off the chart", (0.01, band), xycoords=("axes fraction", "data"),
+                    fontsize=7, color="tab:red", va="center")
+    ax.set_xlabel("latency p50 (ms, this run)")
     ax.set_ylabel(f"{result.metric_name} ({'higher' if result.higher_is_better else 'lower'} is better)")
-    ax.set_title("candidates: metric vs latency (marker area ~ size; hollow red = rejected)")
+    ax.set_title("metric vs latency (area ~ size; hollow red = rejected; labels: front and selection)", fontsize=9)
     if result.selected:
         ax.legend(loc="best", fontsize=8, markerscale=0.3)
-    # collapsed candidates (metric far off) would squash the useful range into one corner
-    vals = [c.metric for c in pts]
-    if vals and max(vals) > 5 * max(min(vals), 1e-6):
-        ax.set_yscale("symlog", linthresh=max(min(v for v in vals if v > 0) if any(v > 0 for v in vals) else 0.01, 1e-3))
     lats = [c.latency_ms["p50"] for c in pts]
     if lats and max(lats) > 3 * min(lats):
         ax.set_xscale("log")
@@ -180,6 +203,8 @@ def _selection_md(result, d: dict) -> list[str]:
         out.append(f"- {sel['why']}")
     if sel.get("rule"):
         out.append(f"- rule: {sel['rule']}; ties go to fidelity, then size; never a candidate slower than the baseline")
+    for cid, why in (sel.get("lost") or {}).items():
+        out.append(f"- `{cid}` lost: {why}")
     if bench.get("confirm"):
         out.append(f"- confirmed head to head ({bench.get('confirm_rounds')} rounds, policy `{bench.get('policy')}`): "
                    + ", ".join(f"`{c}`" for c in bench["confirm"]))
@@ -227,44 +252,22 @@ def _deploy_md(deploy_info: dict | None, snippet: str | None) -> list[str]:
     return out
 
 
-def _html(result, md_text: str, png: bytes, snippet: str | None = None) -> str:
-    d = result.to_dict()
-    rows = "".join(
-        "<tr class='{}'>".format(html.escape(c.status) + (" sel" if c.id == result.selected else ""))
-        + "".join(f"<td>{html.escape(x)}</td>" for x in r[:-1] + [c.reason]) + "</tr>"
-        for c, r in zip(result.candidates, result.to_rows())
-    )
-    sens = "".join(
-        f"<tr><td>{html.escape(r['node'])}</td><td>{r['op']}</td><td>{r['sqnr_db']:.1f}</td>"
-        f"<td>{r.get('output_sqnr_db', float('nan')):.1f}</td><td>{'yes' if r.get('kept_fp32') else ''}</td></tr>"
-        for r in _sensitivity_rows(result)
-    )
-    rh, rrows, rnotes = _roofline_table(result)
-    roof = ""
-    if rrows:
-        roof = (f"<h2>{html.escape(ROOFLINE_TITLE)}</h2><p>Roofline time per candidate and chip profile: host from "
-                "measured ceilings on this machine, the others from published peaks (lower bounds). Not measured.</p>"
-                "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in rh) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rrows)
-                + "</table>" + ("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in rnotes) + "</ul>" if rnotes else ""))
-    img = base64.b64encode(png).decode()
-    tail = md_text[md_text.find("## How the selection"):] if "## How the selection" in md_text else ""
-    sens_html = ("<h2>Per-node sensitivity (mixed precision)</h2><table><tr><th>node</th><th>op</th><th>local SQNR dB</th>"
-                 "<th>output SQNR dB</th><th>kept fp32</th></tr>" + sens + "</table>") if sens else ""
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>edgeslim report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}tr.rejected td,tr.failed td{{color:#a33}}
-tr.sel td{{background:#e6f5e6;font-weight:bold}}</style></head><body>
-<h1>edgeslim optimize: {html.escape(str(d['model']))}</h1>
-<p>task <b>{html.escape(d['task'])}</b>, metric <b>{result.metric_name}</b>, budget {result.budget}, objective {d['objective']};
-baseline <b>{html.escape(result.baseline)}</b>; selected <b>{html.escape(result.selected or 'none')}</b>.
-Machine: {html.escape(str(d['machine'].get('cpu')))}, {d['threads']} threads. Bench input {d['bench_input_shape']}.</p>
-<table><tr>{''.join(f'<th>{h}</th>' for h in HEADERS)}</tr>{rows}</table>
-{roof}
-<h2>Metric vs latency</h2><img alt="pareto" src="data:image/png;base64,{img}">
-<h2>Selection, conditions, deploy</h2><pre style="white-space:pre-wrap">{html.escape(tail)}</pre>
-{sens_html}
-</body></html>"""
+_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}
+code{background:#f4f4f4;padding:0 3px}pre{background:#f4f4f4;padding:8px;overflow-x:auto}img{max-width:100%}"""
+
+
+def _html(result, md_text: str, png: bytes) -> str:
+    """report.md rendered as HTML (Python-Markdown, tables and fenced code), the plot embedded: one source for both
+    reports, so the HTML holds every section the Markdown does."""
+    import markdown as md
+
+    body = md.markdown(md_text, extensions=["tables", "fenced_code"], output_format="html")
+    img = "data:image/png;base64," + base64.b64encode(png).decode()
+    body = body.replace('src="pareto.png"', f'src="{img}"')
+    title = html.escape(f"edgeslim report: {result.to_dict()['model']}")
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>{_CSS}</style></head>'
+            f"<body>\n{body}\n</body></html>\n")
 
 
 def write_report(result, outdir: Path, deploy_info: dict | None = None) -> dict[str, Path]:
@@ -282,7 +285,7 @@ def write_report(result, outdir: Path, deploy_info: dict | None = None) -> dict[
     pareto_plot(result, paths["png"])
     md = markdown(result) + "\n".join(_deploy_md(deploy_info, snippet)) + "\n"
     paths["md"].write_text(md)
-    paths["html"].write_text(_html(result, md, paths["png"].read_bytes(), snippet))
+    paths["html"].write_text(_html(result, md, paths["png"].read_bytes()))
     return paths
 
 

@@ -149,7 +149,7 @@ class StudyResult:
     def to_rows(self) -> list[list[str]]:
         rows = []
         for c in self.candidates:
-            mark = "*" if c.id == self.selected else ""
+            mark = " (selected)" if c.id == self.selected else ""
             rows.append([
                 c.id + mark, c.status, "-" if c.metric is None else f"{c.metric:.4f}",
                 "-" if not c.fidelity else f"{c.fidelity.get('exact_match', 0):.3f}",
@@ -472,7 +472,7 @@ def _build_one(prep: Prepared, base: Baseline, p: Planned) -> tuple[Any, Path]:
                       calib_feeds=calib, **kw)
     meta = read_meta(out, c.engine)
     c.info.update({k: meta[k] for k in ("note", "int8_weights", "int8_layers", "calibration", "search", "bf16_layers",
-                                        "codebook") if k in meta})
+                                        "codebook", "float_layers") if k in meta})
     return eng, out
 
 
@@ -507,6 +507,11 @@ def build(prep: Prepared, base: Baseline) -> list[Candidate]:
         except Exception as e:
             _failed(c, e)
             prep.progress("candidates", 1, n_total)
+    ids = {c.id for c in out}
+    for c in out:  # one speed class: a candidate whose runtime compute is another's (see select.speed_twin)
+        twin = c.info.get("same_compute_as_recipe")
+        if twin and f"{c.engine}/{twin}" in ids:
+            c.info["same_compute_as"] = f"{c.engine}/{twin}"
     return out
 
 
@@ -621,6 +626,11 @@ def choose(prep: Prepared, cands: list[Candidate]) -> tuple[Candidate | None, di
     config, base = prep.config, cands[0]
     pool = [c for c in cands if c.info.get("confirmed")] or list(cands)
     selected, selection = select(pool, base, config.objective)
+    for c in cands:
+        if c not in pool and c.status == Status.OK and c.speedup is not None:
+            rng = f" [{c.speedup_range[0]:.2f}-{c.speedup_range[1]:.2f}]" if c.speedup_range else ""
+            selection.setdefault("lost", {})[c.id] = (f"not re-measured head to head: its screen speedup {c.speedup:.2f}x"
+                                                      f"{rng} was below the confirmed candidates'")
     other = str(config.cpu.other)
     alt = [Candidate(id=c.id, recipe=c.recipe, engine=c.engine, status=c.status, fidelity=c.fidelity,
                      size_bytes=c.size_bytes, speedup=c.info[f"speedup_{other}"]["speedup"],

@@ -115,8 +115,9 @@ def resolve(name: str, local_dir: str | os.PathLike | None = None) -> Path:
                     while chunk := r.read(1 << 20):
                         tmp.write(chunk)
             except Exception as ex:
-                raise ModelLoadError(f"cannot fetch zoo model {name!r} from {e.url} ({ex}). "
-                                     f"Download it by hand into {dest.parent} (sha256 {e.sha256}).") from None
+                raise ModelLoadError(f"cannot fetch zoo model {name!r} from {e.url} ({ex}). Download it by hand into "
+                                     f"{dest.parent} (sha256 {e.sha256}), or into a folder you pass to the command "
+                                     f"(--models-dir DIR for edgeslim face, --models DIR for edgeslim objectron).") from None
         got = _sha256(Path(tmp.name))
         if e.sha256 and got != e.sha256:
             raise ModelLoadError(f"fetched {name!r} from {e.url} but its sha256 {got[:12]}... does not match. Try again later.")

@@ -24,7 +24,6 @@ def convert(
     force: bool = typer.Option(False, "--force", help="Replace existing output files."),
 ) -> None:
     """Convert a model for an on-device engine and check parity with onnxruntime fp32 (stored as OUT.parity.json)."""
-    from rich.console import Console
 
     from ..errors import InvalidParameterError
     from ..model import load_onnx
@@ -47,7 +46,9 @@ def convert(
     if not calib_samples:
         raise InvalidParameterError("the data has no calibration inputs. Provide more samples with --data.")
     feeds = [b.feeds for b in t.batches(calib_samples[: max(calib, samples)], 1)]
-    con = Console()
+    from ..console import stdout
+
+    con = stdout()
     with con.status(f"converting to {to}/{precision} and checking parity"):
         try:
             art, rep = convert_checked(m, to, out, precision=precision, calib_feeds=feeds[:calib],

@@ -64,10 +64,11 @@ def _write_image(out: Path, img, force: bool, inputs: tuple) -> None:
 
 @app.command()
 def detect(
-    path: Path = typer.Argument(..., help="An image or a folder of images."),
+    paths: list[Path] = typer.Argument(..., help="Images or folders of images (as edgeslim ocr and run take them)."),
     model: str = typer.Option("yunet-s-dynamic", "--model", help=_MODEL_HELP),
     models_dir: Optional[Path] = typer.Option(None, "--models-dir", help=_DIR_HELP),
-    draw: Optional[Path] = typer.Option(None, "--draw", help="Write the image with boxes and landmarks drawn (a folder when PATH is a folder)."),
+    draw: Optional[Path] = typer.Option(None, "--draw", help="Write the image with boxes and landmarks drawn (a folder "
+                                        "when PATH is a folder); with one PATH only."),
     score: float = typer.Option(0.6, "--score-threshold", help="Keep faces scoring at least this (0..1)."),
     threads: int = typer.Option(2, "--threads", min=1, help="Intra-op threads."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --draw output."),
@@ -82,7 +83,11 @@ def detect(
     from ...tasks.base import read_image
     from .yunet import draw_faces
 
-    files = _images(path)
+    if draw is not None and len(paths) > 1:
+        raise InvalidParameterError(f"--draw takes one image or one folder; got {len(paths)} paths. Pass one PATH with "
+                                    "--draw, or leave --draw out.")
+    path = paths[0]
+    files = [f for p in paths for f in _images(p)]
     if draw is not None and not path.is_dir():
         check_output_file(draw, force=force, inputs=(path,), option="--draw")
         if draw.suffix.lower() not in IMAGE_EXT:
@@ -105,7 +110,7 @@ def detect(
         if folder is not None:
             folder.commit()
     if as_json:
-        typer.echo(json.dumps(results if path.is_dir() else results[0]))
+        typer.echo(json.dumps(results if (path.is_dir() or len(paths) > 1) else results[0]))
         return
     for r in results:
         if not r["faces"]:

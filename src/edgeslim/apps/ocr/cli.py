@@ -105,9 +105,10 @@ def optimize_command(opts: dict, as_json: bool = False, command: list[str] | Non
     if as_json:
         typer.echo((out / "pipeline.json").read_text(encoding="utf-8"))
         return
-    from rich.console import Console
 
-    con = Console()
+    from ...console import stdout
+
+    con = stdout()
     spec = res.spec
     con.print(_table("ocr-pipeline: each stage under its own budget", ["stage", "selected", "metric", "speedup", "MB"],
                      [[s, str(r["selected"]), f"{r['metric']['name']} {r['metric']['baseline']:.4f} -> {r['metric']['selected']:.4f}",
