@@ -24,7 +24,6 @@ from .bench import BenchResult, BenchSpec, bench_rounds, machine_info
 from .cache import Cache, file_sha256, key_of, tree_sha256, versions
 from .candidate import CACHED_FIELDS, Candidate, Status
 from .engines import DEFAULT_ENGINE, get_engine
-from .engines.base import read_meta
 from .errors import DataError, EdgeslimError, InvalidParameterError
 from .graph import prepare as prepare_graph
 from .model import load_onnx
@@ -470,9 +469,7 @@ def _build_one(prep: Prepared, base: Baseline, p: Planned) -> tuple[Any, Path]:
         kw = {"score": lambda a: score(eng.load(a, prep.config.threads), f"search {c.id}"), "budget": prep.budget}
     out = eng.convert(prep.original, prep.cand_dir / f"{c.engine}-{p.precision}{eng.suffix}", precision=p.precision,
                       calib_feeds=calib, **kw)
-    meta = read_meta(out, c.engine)
-    c.info.update({k: meta[k] for k in ("note", "int8_weights", "int8_layers", "calibration", "search", "bf16_layers",
-                                        "codebook", "float_layers") if k in meta})
+    c.info.update(eng.candidate_info(out))
     return eng, out
 
 

@@ -104,6 +104,14 @@ class Engine:
         """Every file the artifact consists of (the artifact first)."""
         return [Path(artifact)]
 
+    # facts of a converted artifact's sidecar that the study shows on the candidate (results.json `info`)
+    info_keys: tuple[str, ...] = ("note", "int8_weights", "int8_layers", "calibration", "search", "bf16_layers", "codebook")
+
+    def candidate_info(self, artifact: Path) -> dict:
+        """What a study records of a converted artifact: its sidecar's `info_keys` that are present."""
+        meta = read_meta(artifact, self.name)
+        return {k: meta[k] for k in self.info_keys if k in meta}
+
     def size_bytes(self, artifact: Path) -> int:
         return sum(p.stat().st_size for p in self.artifact_files(Path(artifact)) if p.exists())
 

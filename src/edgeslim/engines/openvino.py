@@ -243,6 +243,7 @@ class OpenVinoEngine(Engine):
     model_files = {"xml": "model.xml", "bin": "model.bin"}
     main_role = "xml"
     roles = {"xml": "OpenVINO IR graph (.xml)", "bin": "OpenVINO IR weights (.bin)"}
+    info_keys = Engine.info_keys + ("float_layers",)
 
     @property
     def default_precisions(self) -> tuple[str, ...]:  # type: ignore[override]
