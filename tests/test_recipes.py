@@ -30,7 +30,7 @@ def _ctx():
         return 1 - cos, {"exact_match": float(np.mean([np.argmax(a) == np.argmax(b) for a, b in zip(outs, ref)])), "metric_vs_fp32": 1 - cos}
 
     return RecipeContext(model=prepared, original=original, calib_feeds=lambda: iter(calib), calib_drop=calib_drop,
-                         budget=0.01, cache={"rewrites": rewrites})
+                         budget=0.01, rewrites=rewrites)
 
 
 @pytest.mark.parametrize("name", sorted(FLOOR))

@@ -99,7 +99,7 @@ def _print_study(result, out: Path) -> None:
     con.print(_table(f"{result.config.model_label}: {result.metric_name} budget {result.budget} (baseline {result.baseline})",
                      ["candidate", "status", result.metric_name, "agree", "speedup [range]", "size"], rows))
     con.print("speedup: median of per-round ratios to the original, timed in this run, each candidate in its own process "
-              "(this figure selects; [range] = slowest..fastest round); agree: share of outputs decoded exactly as the "
+              "(this figure selects; \\[range] = slowest..fastest round); agree: share of outputs decoded exactly as the "
               "original's.", soft_wrap=True, style="dim")
     for c in result.candidates:
         if c.status != Status.OK:

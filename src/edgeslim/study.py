@@ -463,7 +463,9 @@ def _build_one(prep: Prepared, base: Baseline, p: Planned) -> tuple[Any, Path]:
     # data (ncnn's pnnx traces at that shape) instead of a made-up 32x32 input.
     feeds = (b.feeds for b in prep.task.batches(prep.calib, 1))
     calib = list(feeds) if eng.needs_calibration(p.precision) else list(itertools.islice(feeds, 1))
-    kw = {}
+    kw: dict[str, Any] = {}
+    if eng.static_shapes:
+        kw["input_shapes"] = _largest_shapes(prep)
     if eng.searches(p.precision):  # a search scored on the calibration samples with the task's metric
         score = prep.context(base.candidate).score_runner
         kw = {"score": lambda a: score(eng.load(a, prep.config.threads), f"search {c.id}"), "budget": prep.budget}
@@ -471,6 +473,17 @@ def _build_one(prep: Prepared, base: Baseline, p: Planned) -> tuple[Any, Path]:
                       calib_feeds=calib, **kw)
     c.info.update(eng.candidate_info(out))
     return eng, out
+
+
+def _largest_shapes(prep: Prepared) -> dict[str, list[int]]:
+    """Per input, the largest shape (batch 1) any calibration or evaluation sample is fed at: what an engine with
+    static shapes converts at, so every sample fits."""
+    out: dict[str, list[int]] = {}
+    for b in prep.task.batches(prep.calib + prep.eval, 1):
+        for k, v in b.feeds.items():
+            shape = [1, *v.shape[1:]]
+            out[k] = [max(a, b) for a, b in zip(out[k], shape)] if k in out and len(out[k]) == len(shape) else shape
+    return out
 
 
 def _failed(c: Candidate, e: Exception) -> None:

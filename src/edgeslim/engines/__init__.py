@@ -1,5 +1,5 @@
 """Runtimes that execute a candidate: registered by name (`ort`; `mnn`, `ncnn` from the `engines` extra; `openvino` from
-the `openvino` extra).
+the `openvino` extra; `litert` from the `litert` extra).
 
 An engine answers three questions: `convert(onnx_model, workdir) -> artifact path` (identity for ort),
 `load(artifact, threads) -> Runner`, and `Runner.run(feeds) -> list of outputs` named as in the ONNX model.
@@ -17,6 +17,7 @@ from . import ort as _ort  # noqa: E402,F401  (registers "ort")
 from . import mnn as _mnn  # noqa: E402,F401  (registers "mnn"; imports MNN only when used)
 from . import ncnn as _ncnn  # noqa: E402,F401  (registers "ncnn"; imports ncnn/pnnx only when used)
 from . import openvino as _openvino  # noqa: E402,F401  (registers "openvino"; imports openvino/nncf only when used)
+from . import litert as _litert  # noqa: E402,F401  (registers "litert"; TensorFlow only in its converter's child process)
 
 
 def get_engine(name: str) -> Engine:

@@ -69,6 +69,9 @@ class Engine:
     # what `optimize` tries on this engine unless told (each costs a conversion and an evaluation; the full list is
     # `precisions()`, asked for with `--engine-precisions engine:precision,...`)
     default_precisions: tuple[str, ...] = ("fp32",)
+    # the converted model runs at one input shape: the study passes `input_shapes=` ({input: shape}, batch 1), the
+    # largest shape of its data, so every sample fits (smaller ones are padded by the runner)
+    static_shapes = False
 
     def version(self) -> str:
         return "?"
