@@ -111,3 +111,58 @@ def test_choose_never_picks_a_candidate_slower_than_the_original(raw, tmp_path):
     base.info["confirmed"] = True
     picked, why = choose(prep, [base, slow])
     assert picked is base and "original is kept" in why["why"]
+
+
+def _fake_devices(monkeypatch, corrupt: bool):
+    """A device that runs outputs through the real device worker on this machine, optionally zeroing them (an engine
+    whose ARM kernels go wrong), and says it never measures speed, as qemu-aarch64 does."""
+    import edgeslim.devices as devices
+    from edgeslim.devices.local import LocalDevice
+
+    class Fake(LocalDevice):
+        kind = "fake"
+        measures_speed = False
+
+        def __init__(self, spec):
+            super().__init__()
+            self.spec = spec
+
+        def describe(self):
+            return {"name": self.spec, "arch": "aarch64", "cpu": "Test-A55"}
+
+        def run_outputs(self, folder, feeds_list, **kw):
+            outs = super().run_outputs(folder, feeds_list, **kw)
+            return [[np.zeros_like(o) for o in out] for out in outs] if corrupt else outs
+
+    real = devices.parse_device
+    monkeypatch.setattr(devices, "parse_device", lambda s, **kw: Fake("fake:a55") if str(s).startswith("fake") else real(s, **kw))
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_verify_rejects_what_diverges_on_the_device_and_selects_again(raw, tmp_path, monkeypatch, corrupt):
+    from edgeslim.study import verify
+
+    _fake_devices(monkeypatch, corrupt)
+    prep = prepare(_config(raw, tmp_path, cache=False, verify_on=("fake:a55",), verify_limit=4), tmp_path / "w")
+    base = evaluate_baseline(prep)
+    cands = [base.candidate] + build(prep, base)
+    evaluate_candidates(prep, base, cands[1:])
+    m = Measurements.start(prep, cands)
+    screen(prep, cands, m)
+    first, selection = choose(prep, cands)
+    picked, selection = verify(prep, cands, first, selection)
+    rec = first.info["verified_on"][0]
+    assert rec["device"] == "fake:a55" and rec["arch"] == "aarch64" and rec["samples"] == 4
+    if not corrupt:
+        assert picked is first and rec["ok"] and rec["same_as_host"] == 1.0
+    else:  # every candidate diverges there: each is rejected in turn, the original included
+        assert not rec["ok"] and "diverge" in rec["reason"] and first.status == Status.REJECTED
+        assert first.reason.startswith("on fake:a55: ")
+        assert picked is None and all(c.status != Status.OK for c in cands)
+    assert selection["verified_on"] == ["fake:a55"]
+
+
+def test_a_device_that_cannot_time_is_refused_as_device(raw, tmp_path, monkeypatch):
+    _fake_devices(monkeypatch, False)
+    with pytest.raises(InvalidParameterError, match="never taken from emulation"):
+        prepare(_config(raw, tmp_path, device="fake:a55"), tmp_path / "w")

@@ -82,7 +82,9 @@ def study_config(opts: dict[str, Any]):
                        engine_precisions=_split(opts["engine_precisions"]), max_drop=max_drop,
                        objective=opts["objective"], threads=opts["threads"], rounds=opts["rounds"],
                        calib_limit=opts["calib_limit"], eval_limit=eval_limit, cpu=opts["cpu"],
-                       confirm_top=opts["confirm_top"], cache=opts["cache"])
+                       confirm_top=opts["confirm_top"], cache=opts["cache"], device=opts["device"],
+                       verify_on=_split(opts["verify_on"]) or (), verify_all=opts["verify_all"],
+                       verify_limit=opts["verify_limit"])
 
 
 def save_outputs(study, folder: Path, opts: dict[str, Any] | None = None) -> dict[str, Path]:
@@ -105,7 +107,9 @@ def save_outputs(study, folder: Path, opts: dict[str, Any] | None = None) -> dic
                                     extra={"source_model": study.config.model, "candidate": sel.id,
                                            "bench_input_shape": study.bench_input_shape,
                                            "speedup": sel.speedup, "speedup_range": sel.speedup_range,
-                                           "metric": {study.metric_name: sel.metric}, "fidelity": sel.fidelity})
+                                           "metric": {study.metric_name: sel.metric}, "fidelity": sel.fidelity,
+                                           **({"device": study.machine["device"]} if "device" in study.machine else {}),
+                                           **({"verified_on": sel.info["verified_on"]} if sel.info.get("verified_on") else {})})
     paths = write_report(study, folder, deploy_info=deploy_info)
     if opts is not None and not opts.get("candidates", True):  # --no-candidates: only what ships, and the reports
         shutil.rmtree(folder / "candidates", ignore_errors=True)

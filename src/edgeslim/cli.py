@@ -110,6 +110,11 @@ def _print_study(result, out: Path) -> None:
         con.print(f"  {escape(cid)} lost: {escape(why)}", soft_wrap=True)
     if result.selected:
         sel = result.candidate(result.selected)
+        for v in sel.info.get("verified_on", []):
+            con.print(f"verified on {escape(v['device'])}" + (f" ({v.get('arch')}, {v.get('cpu')})" if v.get("arch") else "")
+                      + (f": {result.metric_name} {v['metric']:.4f} (host {v['host_metric']:.4f}), {v['same_as_host']:.0%} "
+                         f"of {v['samples']} samples as on the host" if "metric" in v else f": {escape(v.get('reason', ''))}"),
+                      soft_wrap=True)
         note = sel.info.get("note")
         if note:
             con.print(f"[bold]note on {escape(sel.id)}:[/bold] {escape(note)}", soft_wrap=True)
@@ -390,7 +395,8 @@ def _mount_commands() -> None:
 
 # command name -> the module that holds it: `app` (a typer.Typer, mounted as a group) or `command` (one function)
 _OPTIONAL = {"slide": "edgeslim.research.slide.cli", "theseus": "edgeslim.research.train.cli",
-             "nas": "edgeslim.research.nas.cli", "monitor": "edgeslim.monitor", "profiles": "edgeslim.profiles.cli"}
+             "nas": "edgeslim.research.nas.cli", "monitor": "edgeslim.monitor", "profiles": "edgeslim.profiles.cli",
+             "device": "edgeslim.devices.cli"}
 
 
 def _missing_extra(name: str, package: str, extra: str):

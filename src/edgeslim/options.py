@@ -112,6 +112,14 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     _o("cpu", (str,), ThreadPolicy.DEDICATED.value, "Thread-pool policy that selects: dedicated (idle CPU, spinning pools) | "
        "shared (busy CPU, passive).", choices=ThreadPolicy,
        advice="Use dedicated (an otherwise idle CPU) or shared (a busy CPU)"),
+    _o("device", (str,), "local", "Where candidates are evaluated and timed: local | ssh://HOST (a ~/.ssh/config alias or "
+       "USER@HOST:PORT; needs Python there, edgeslim installs the engines' wheels in a venv once)."),
+    _o("verify_on", (str, list), None, "Re-evaluate the selected candidate on these devices before it ships, e.g. "
+       "qemu-aarch64:cortex-a76,qemu-aarch64:cortex-a53 (run `edgeslim device setup qemu-aarch64` once); a candidate "
+       "that breaks the budget or diverges there is rejected and the next one verified."),
+    _o("verify_all", (bool,), False, "With --verify-on: verify every candidate that passed, not only the selection."),
+    _o("verify_limit", (int,), 20, "Evaluation samples a verification device runs (emulation is ~200x slower than "
+       "native).", bounds=(1, 10**6)),
     _o("outdir", (str,), "edgeslim-out", "Output folder; replaced atomically at the end, only if "
        "edgeslim wrote it.", aliases=("-o",), is_path=True),
     _o("force", (bool,), False, "Replace an edgeslim output folder even if files were added to it."),

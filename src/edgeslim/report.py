@@ -205,6 +205,15 @@ def _selection_md(result, d: dict) -> list[str]:
         out.append(f"- rule: {sel['rule']}; ties go to fidelity, then size; never a candidate slower than the baseline")
     for cid, why in (sel.get("lost") or {}).items():
         out.append(f"- `{cid}` lost: {why}")
+    chosen = next((c for c in result.candidates if c.id == result.selected), None)
+    for v in (chosen.info.get("verified_on", []) if chosen is not None else []):
+        out.append(f"- verified on `{v['device']}` ({v.get('arch')}, {v.get('cpu')}): " + (
+            f"{result.metric_name} {v['metric']:.4f} on {v['samples']} samples (host {v['host_metric']:.4f}), "
+            f"{v['same_as_host']:.0%} as on the host" if "metric" in v else v.get("reason", "")))
+    for c in result.candidates:
+        bad = [v for v in c.info.get("verified_on", []) if not v.get("ok")]
+        if bad:
+            out.append(f"- `{c.id}` rejected on " + "; ".join(f"`{v['device']}`: {v.get('reason')}" for v in bad))
     if bench.get("confirm"):
         out.append(f"- confirmed head to head ({bench.get('confirm_rounds')} rounds, policy `{bench.get('policy')}`): "
                    + ", ".join(f"`{c}`" for c in bench["confirm"]))

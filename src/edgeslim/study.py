@@ -66,6 +66,10 @@ class StudyConfig:
     confirm_top: int = OPTIONS["confirm_top"].default  # candidates re-measured head to head before selecting
     cache: bool = True
     cache_dir: str | None = None
+    device: str = OPTIONS["device"].default  # where candidates are evaluated and timed (edgeslim.devices)
+    verify_on: tuple[str, ...] = ()  # devices the selection is re-evaluated on before it ships
+    verify_all: bool = False
+    verify_limit: int = OPTIONS["verify_limit"].default
 
     def __post_init__(self) -> None:  # the enums, whether given as members or as their text (checked in validate)
         for name, enum in (("objective", Objective), ("cpu", ThreadPolicy)):
@@ -74,8 +78,16 @@ class StudyConfig:
                 object.__setattr__(self, name, enum(v))
 
     def validate(self) -> None:
-        for name in ("max_drop", "objective", "cpu", "threads", "rounds", "calib_limit", "eval_limit", "confirm_top"):
+        for name in ("max_drop", "objective", "cpu", "threads", "rounds", "calib_limit", "eval_limit", "confirm_top",
+                     "verify_limit"):
             OPTIONS[name].check(getattr(self, name))
+        from .devices import parse_device
+
+        if not parse_device(self.device).measures_speed:
+            raise InvalidParameterError(f"--device {self.device}: speed is never taken from emulation. Time on the host or "
+                                        "on a real device, and verify there with --verify-on.")
+        for v in self.verify_on:
+            parse_device(v)  # a malformed device fails here
         get_task(self.task)  # unknown task names fail here, with close matches
         specs = [get_recipe(r).spec for r in self.recipes]  # unknown names and bad option values fail here
         get_engine(self.engine)
@@ -305,6 +317,9 @@ def _attach_roofline(cands: list[Candidate], workdir: Path, model_path: str, sha
 
 # ---- the stages ----------------------------------------------------------------------------------------------
 
+_LOCAL = None  # run_eval's device for "this host", whatever the study's device is (see Prepared.run_eval)
+_STUDY = object()  # run_eval's default: the study's device
+
 @dataclass
 class Planned:
     """One candidate to build: a recipe on the default engine, or an engine's own precision."""
@@ -335,6 +350,7 @@ class Prepared:
     plan: list[Planned]
     progress: Progress
     keys: dict[str, str] = field(default_factory=dict)  # candidate id -> cache key
+    device: Any = None  # an edgeslim.devices.Device: where candidates are evaluated and timed
     _ctx: RecipeContext | None = None
 
     @property
@@ -349,10 +365,27 @@ class Prepared:
                                        engine=get_engine(self.config.engine))
         return self._ctx
 
-    def run_eval(self, engine, model: bytes | Path, samples: list, stage: str) -> tuple[list, int]:
-        runner = engine.load(model, self.config.threads)
+    def run_eval(self, engine, model: bytes | Path, samples: list, stage: str, precision: str = "fp32",
+                 device: Any = _STUDY) -> tuple[list, int]:
+        """Predictions of a model file on `samples`: on the host (`device` None), or on a device (default: the
+        study's) through the model's deploy folder, decoded on the host."""
+        device = self.device if device is _STUDY else device
         self.progress(stage, 0, len(samples))
-        return evaluate(runner, self.task, samples, progress=lambda n: self.progress(stage, n, len(samples)))
+        if device is None or device.kind == "local":
+            runner = engine.load(model, self.config.threads)
+            return evaluate(runner, self.task, samples, progress=lambda n: self.progress(stage, n, len(samples)))
+        import tempfile
+
+        from .deploy import export
+        from .devices import evaluate_on
+
+        with tempfile.TemporaryDirectory(prefix="edgeslim-dev-") as d:
+            folder = Path(d) / "deploy"
+            export(folder, Path(model), engine.name, precision, self.task, self.config.threads, self.config.cpu,
+                   extra={"source_model": self.config.model})
+            out = evaluate_on(device, folder, self.task, samples, threads=self.config.threads)
+        self.progress(stage, len(samples), len(samples))
+        return out
 
 
 def prepare(config: StudyConfig, workdir: Path, progress: Progress | None = None) -> Prepared:
@@ -373,13 +406,21 @@ def prepare(config: StudyConfig, workdir: Path, progress: Progress | None = None
     # results depend on the CPU too (MNN/ncnn pick kernels and precisions by CPU features)
     common = {"model": model_hash, "task": config.task, "data": data_hash, "calib": len(calib), "eval": len(ev),
               "calib_limit": config.calib_limit, "eval_limit": config.eval_limit, "threads": config.threads,
-              "budget": budget, "versions": vers, "engine": config.engine, "cpu": [mach.get("cpu"), mach.get("flags")]}
+              "budget": budget, "versions": vers, "engine": config.engine, "cpu": [mach.get("cpu"), mach.get("flags")],
+              "device": config.device}
     plan = [Planned(Candidate(id=f"{config.engine}/{r.spec}", recipe=r.spec, engine=config.engine), recipe=r)
             for r in (get_recipe(s) for s in config.recipes)]
     plan += [Planned(Candidate(id=f"{e}/{p}", recipe=p, engine=e), precision=p) for e, p in _engine_plan(config)]
+    from .devices import parse_device
+
+    device = parse_device(config.device)
+    if device.kind != "local":  # its environment: the engines' wheels for its architecture, installed once
+        prog(f"prepare device {device.spec}", 0, 1)
+        device.prepare(sorted({config.engine} | {p.candidate.engine for p in plan}))
+        mach = {**mach, "device": device.describe()}
     return Prepared(config=config, workdir=workdir, original=original, task=task, calib=calib, eval=ev, budget=budget,
                     cache=Cache(config.cache_dir, enabled=config.cache), common=common, machine=mach, versions=vers,
-                    model_hash=model_hash, data_hash=data_hash, plan=plan, progress=prog)
+                    model_hash=model_hash, data_hash=data_hash, plan=plan, progress=prog, device=device)
 
 
 def _restore(prep: Prepared, c: Candidate, key: str) -> tuple[bool, Any]:
@@ -533,7 +574,8 @@ def evaluate_candidates(prep: Prepared, base: Baseline, cands: list[Candidate]) 
             continue
         try:
             t1 = time.time()
-            preds, c.nonfinite = prep.run_eval(get_engine(c.engine), prep.workdir / c.artifact, prep.eval, f"evaluate {c.id}")
+            preds, c.nonfinite = prep.run_eval(get_engine(c.engine), prep.workdir / c.artifact, prep.eval, f"evaluate {c.id}",
+                                               precision=c.recipe)
             c.seconds["evaluate"] = round(time.time() - t1, 2)
             scored = prep.task.score(preds, prep.eval, reference=base.preds)
             c.metric, c.metric_extra = scored.pop("metric"), scored
@@ -579,8 +621,9 @@ class Measurements:
     def run(self, prep: Prepared, name: str, subset: list[Candidate], rounds: int, policy: ThreadPolicy) -> list[BenchResult]:
         if name not in self.phases:
             specs = [BenchSpec(id=c.id, engine=c.engine, artifact=str(prep.workdir / c.artifact)) for c in subset]
-            res, tel = bench_rounds(specs, self.feeds, prep.config.threads, rounds=rounds, policy=policy,
-                                    progress=lambda r, n: prep.progress(f"benchmark ({name})", r, n))
+            run = prep.device.bench_rounds if prep.device is not None else bench_rounds
+            res, tel = run(specs, self.feeds, prep.config.threads, rounds=rounds, policy=policy,
+                           progress=lambda r, n: prep.progress(f"benchmark ({name})", r, n))
             self.phases[name], self.telemetry[name] = res, tel
         return self.phases[name]
 
@@ -652,6 +695,71 @@ def choose(prep: Prepared, cands: list[Candidate]) -> tuple[Candidate | None, di
     return selected, selection
 
 
+def _verify_one(prep: Prepared, c: Candidate, device: Any, samples: list, base_ref: tuple[list, float]) -> dict:
+    """`c` re-evaluated on `device` against its own host predictions on the same samples: the device's metric, its
+    drop from the original's host metric, the share of samples decoded as on the host, and whether it passes."""
+    eng = get_engine(c.engine)
+    host, _ = prep.run_eval(eng, prep.workdir / c.artifact, samples, f"verify {c.id} (host)", precision=c.recipe,
+                            device=_LOCAL)
+    dev, nonfinite = prep.run_eval(eng, prep.workdir / c.artifact, samples, f"verify {c.id} on {device.spec}",
+                                   precision=c.recipe, device=device)
+    base_preds, base_metric = base_ref
+    m_dev = prep.task.score(dev, samples, reference=base_preds)["metric"]
+    m_host = prep.task.score(host, samples, reference=base_preds)["metric"]
+    same = prep.task.fidelity(dev, host).get("exact_match", 0.0)
+    drop, diverged = prep.task.drop(m_dev, base_metric), prep.task.drop(m_dev, m_host)
+    d = device.describe()
+    why = ("" if not nonfinite else f"{nonfinite} NaN/Inf outputs; ") + \
+          (f"{prep.task.metric_name} {m_dev:.4f} breaks the budget ({drop:+.4f} vs the original) " if drop > prep.budget else "") + \
+          (f"predictions diverge from the host's ({diverged:+.4f} {prep.task.metric_name}, {same:.0%} identical)"
+           if diverged > prep.budget else "")
+    return {"device": device.spec, "arch": d.get("arch") or d.get("machine"), "cpu": d.get("cpu"),
+            "cpu_model": d.get("cpu_model") or getattr(device, "cpu", None), "samples": len(samples),
+            "metric": round(float(m_dev), 5), "host_metric": round(float(m_host), 5), "same_as_host": round(float(same), 4),
+            "nonfinite": int(nonfinite), "ok": not why, "reason": why.strip("; ")}
+
+
+def verify(prep: Prepared, cands: list[Candidate], selected: Candidate | None, selection: dict,
+           ) -> tuple[Candidate | None, dict]:
+    """Re-evaluate the selection (every passing candidate with `verify_all`) on each `--verify-on` device, on the
+    first `verify_limit` eval samples. A candidate that breaks the budget there, or whose predictions diverge from the
+    host's beyond it, is rejected with that reason and the selection is made again; speed is never taken from these
+    devices. Returns the (possibly new) selection."""
+    from .devices import parse_device
+
+    config = prep.config
+    if not config.verify_on:
+        return selected, selection
+    devices = [parse_device(v) for v in config.verify_on]
+    samples = prep.eval[: config.verify_limit]
+    base = cands[0]
+    base_preds, _ = prep.run_eval(get_engine(base.engine), prep.workdir / base.artifact, samples, "verify original (host)",
+                                  device=_LOCAL)
+    base_ref = (base_preds, prep.task.score(base_preds, samples)["metric"])
+    done: set[str] = set()
+    queue = [c for c in cands if c.status == Status.OK and c.artifact] if config.verify_all else []
+    while True:
+        todo = [c for c in ([selected] if selected is not None else []) + queue if c.id not in done]
+        if not todo:
+            break
+        for c in todo:
+            done.add(c.id)
+            for dev in devices:
+                try:
+                    rec = _verify_one(prep, c, dev, samples, base_ref)
+                except Exception as e:  # a device that fails fails this verification, with its reason
+                    rec = {"device": dev.spec, "ok": False, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                c.info.setdefault("verified_on", []).append(rec)
+                if not rec["ok"] and c.status == Status.OK:
+                    c.status, c.reason = Status.REJECTED, f"on {dev.spec}: {rec['reason']}"
+        if selected is not None and selected.status != Status.OK:
+            selected, selection = choose(prep, cands)  # the next candidate, verified in the next pass
+            continue
+        break
+    selection["verified_on"] = list(config.verify_on)
+    return selected, selection
+
+
 def estimate(prep: Prepared, cands: list[Candidate], m: Measurements) -> list[dict]:
     """Roofline estimates of every built candidate on the chip profiles (not measured; see edgeslim.profiles)."""
     shapes = {k: tuple(v.shape) for k, v in m.feeds.items()}
@@ -699,5 +807,6 @@ def optimize(config: StudyConfig, workdir: Path, progress: Progress | None = Non
     confirm(prep, cands, m)
     m.save(prep)
     selected, selection = choose(prep, cands)
+    selected, selection = verify(prep, cands, selected, selection)
     profiles = estimate(prep, cands, m)
     return deliver(prep, cands, m, selected, selection, profiles, t_start, command)
