@@ -229,3 +229,31 @@ def test_device_lost_mid_bench(tiny, tmp_path):
     finally:
         if s.proc.poll() is None:
             s.stop()
+
+
+def test_optimize_on_an_ssh_device_end_to_end(sshd, prepared, tmp_path, monkeypatch):
+    """The main job with --device ssh://ALIAS: candidates evaluated and timed on the device, which results.json
+    names. (The device is this machine behind a throwaway sshd; its venv reuses this Python's packages.)"""
+    import numpy as np
+
+    import edgeslim.devices as devices
+    from edgeslim.study import StudyConfig, optimize
+
+    dev, _ = prepared
+    real = devices.parse_device
+    monkeypatch.setattr(devices, "parse_device", lambda s, **kw: dev if str(s) == f"ssh://{ALIAS}" else real(s, **kw))
+    calls = []
+    bench = dev.bench_rounds
+    monkeypatch.setattr(dev, "bench_rounds", lambda *a, **kw: calls.append(a[0]) or bench(*a, **kw))
+    monkeypatch.setattr(dev, "prepare", lambda engines, **kw: type(dev).prepare(dev, engines, system_site_packages=True))
+    model, data = tmp_path / "m.onnx", tmp_path / "in.npz"
+    tiny_conv_model(model)
+    np.savez(data, x=np.random.default_rng(0).normal(0, 1, (8, 3, 8, 8)).astype(np.float32))
+    res = optimize(StudyConfig(model=str(model), task="raw", data=str(data), recipes=("fp32",), engines=("ort",),
+                               rounds=2, confirm_top=0, cache=False, device=f"ssh://{ALIAS}"), tmp_path / "w")
+    d = res.to_dict()
+    assert d["machine"]["device"]["name"] == f"ssh://{ALIAS}" and d["machine"]["device"]["kind"] == "ssh"
+    assert [s.id for s in calls[0]] == ["ort/original", "ort/fp32"]  # the screen was timed through the device
+    assert all(len(c.ratios) == 2 and c.speedup for c in res.candidates)
+    assert d["telemetry"]["device"]["name"] == f"ssh://{ALIAS}"  # the timing conditions say where they were taken
+    assert res.selected is not None and res.candidate("ort/fp32").metric is not None
