@@ -95,7 +95,7 @@ def openvino_default(model_path: Path, out: Path) -> Path:
     return out
 
 
-def build_peers(work: Path, model_path: Path, original, task, calib) -> tuple[dict, dict, dict]:
+def build_peers(work: Path, model_path: Path, original, task, calib, evals) -> tuple[dict, dict, dict]:
     """name -> (engine, artifact); name -> failure reason; name -> build seconds."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
@@ -181,9 +181,16 @@ def build_peers(work: Path, model_path: Path, original, task, calib) -> tuple[di
     def litert(precision):
         def build():
             eng = get_engine("litert")  # an unknown engine (extra not installed) fails this row with its reason
+            # a static-shape model: converted at the widest line of the data, as the study converts it, so every
+            # evaluation line fits (narrower ones are zero-padded, as the recognizer's preprocessing pads)
             return "litert", eng.convert(original, work / f"litert_{precision}{eng.suffix}", precision=precision,
-                                         calib_feeds=feeds)
+                                         calib_feeds=feeds, input_shapes=widest)
         return build
+
+    widest: dict[str, list[int]] = {}
+    for b in task.batches(calib + evals, 1):
+        for k, v in b.feeds.items():
+            widest[k] = [max(a, c) for a, c in zip(widest.get(k, [0] * v.ndim), [1, *v.shape[1:]])]
 
     makers = dict(zip(PEER_KEYS, [onnxslim_row, ort_defaults, ort_careful, nncf_default, nncf_mixed, nncf_accuracy_control,
                                   ov_default, ov_nncf_int8, litert("fp32"), litert("int8")]))
@@ -219,7 +226,7 @@ def measure(args, work: Path) -> dict:
     task = get_task("ocr-rec").bind(original)
     calib, ev = task.load(None)
     real = real_crops(args.shared)
-    rows, failed, built_s = build_peers(work, model_path, original, task, calib)
+    rows, failed, built_s = build_peers(work, model_path, original, task, calib, ev + real)
 
     print("running: edgeslim optimize (no flags: the CLI's defaults) ...", flush=True)
     t0 = time.time()

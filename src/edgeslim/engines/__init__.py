@@ -33,13 +33,18 @@ DEFAULT_ENGINE = "ort"  # the engine recipes hand their rewritten ONNX models to
 
 def engine_versions() -> dict[str, str]:
     """{package name: version} of every installed engine (e.g. {"onnxruntime": "1.24.1", "MNN": "3.6.1"})."""
+    from importlib import metadata
+
     out = {}
     for n in available_engines():
         e = get_engine(n)
-        try:
-            out[e.package] = str(e.version())
-        except Exception:  # a package that imports but cannot say its version
-            out[e.package] = "?"
+        try:  # the installed distribution's version: no import of the engine's (heavy) package
+            out[e.package] = metadata.version(e.package)
+        except metadata.PackageNotFoundError:
+            try:
+                out[e.package] = str(e.version())
+            except Exception:  # a package that imports but cannot say its version
+                out[e.package] = "?"
     return out
 
 
