@@ -104,7 +104,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     _o("objective", (str,), Objective.LATENCY.value, "latency | size", choices=Objective),
     _o("recipes", (str, list), None, "Comma-separated recipe specs, e.g. fp32,int8:calibrator=mse,mixed."),
     _o("threads", (int,), 2, "Intra-op threads for evaluation and benchmarking.", bounds=(1, 1024)),
-    _o("engines", (str, list), None, "Engines to explore beside ort, e.g. mnn,ncnn (default: every installed one; 'ort' for none)."),
+    _o("engines", (str, list), None, "Engines to explore beside ort, e.g. mnn,ncnn (default: every installed one but litert, which is "
+       "asked for by name; 'ort' for none)."),
     _o("engine_precisions", (str, list), None, "Exact engine:precision list, e.g. mnn:int8,ncnn:bf16."),
     _o("rounds", (int,), 5, "Alternating benchmark rounds.", bounds=(1, 1000)),
     _o("confirm_top", (int,), 3, "Fastest candidates re-measured head to head before selecting, with any the screen cannot "

@@ -173,7 +173,7 @@ class StudyResult:
 
 
 def _engine_plan(config: StudyConfig) -> list[tuple[str, str]]:
-    from .engines import ENGINES, available_engines
+    from .engines import ENGINES, default_engines
 
     if config.engine_precisions is not None:
         plan = []
@@ -188,7 +188,7 @@ def _engine_plan(config: StudyConfig) -> list[tuple[str, str]]:
                                             "Run: pip install 'edgeslim[engines]'.")
             plan.append((eng, prec))
         return plan
-    names = available_engines() if config.engines is None else list(config.engines)
+    names = default_engines() if config.engines is None else list(config.engines)
     plan = []
     for n in names:
         e = ENGINES.get(n)()  # unknown names fail here with close matches

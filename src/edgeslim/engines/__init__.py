@@ -49,9 +49,14 @@ def engine_versions() -> dict[str, str]:
 
 
 def available_engines() -> list[str]:
-    """Registered engines whose packages are installed (the default of `optimize --engines`)."""
+    """Registered engines whose packages are installed."""
     return [n for n in ENGINES.names() if ENGINES.get(n)().available()]
 
 
+def default_engines() -> list[str]:
+    """What `optimize` tries when --engines is not given: the installed engines that are in the default search."""
+    return [n for n in available_engines() if ENGINES.get(n)().in_default_search]
+
+
 __all__ = ["Engine", "Runner", "ENGINES", "register_engine", "get_engine", "list_engines", "available_engines", "engine_versions",
-           "DEFAULT_ENGINE"]
+           "DEFAULT_ENGINE", "default_engines"]

@@ -72,6 +72,9 @@ class Engine:
     # the converted model runs at one input shape: the study passes `input_shapes=` ({input: shape}, batch 1), the
     # largest shape of its data, so every sample fits (smaller ones are padded by the runner)
     static_shapes = False
+    # whether `optimize` with no --engines tries this engine (when installed); an engine that is slow to convert and
+    # measured not to win on the main job is asked for by name instead (--engines NAME)
+    in_default_search = True
 
     def version(self) -> str:
         return "?"

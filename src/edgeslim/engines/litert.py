@@ -319,6 +319,10 @@ class LiteRtEngine(Engine):
     suffix = ".tflite"
     default_precisions = ("fp32", "fp16", "dr-int8")
     static_shapes = True
+    # not in the default search: its conversion takes 44 s (onnx2tf + TensorFlow) and, converted at the widest line of
+    # the data, it ran 1.14x the original on the main job where ncnn and OpenVINO ran 2-3.5x (BENCHMARKS.md, main job):
+    # it would cost a default run a minute and never be picked. Ask for it with --engines litert.
+    in_default_search = False
     package = "ai-edge-litert"
     model_files = {"tflite": "model.tflite"}
     main_role = "tflite"
