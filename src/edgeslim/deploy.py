@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .cache import file_sha256
 from .errors import EdgeslimError, UnknownNameError
 from .policy import ThreadPolicy
 
@@ -46,12 +47,6 @@ class DeployError(EdgeslimError, ValueError):
 
 
 # ---- export ---------------------------------------------------------------------------------------------------
-
-def _sha256(p: Path) -> str:
-    from .cache import file_sha256
-
-    return file_sha256(p)
-
 
 def _copy(src: Path, dst: Path) -> None:
     if not src.is_file():
@@ -178,7 +173,7 @@ def export(outdir: Path, artifact: Path, engine: str, precision: str, task, thre
     written = list(layout["copies"].values())
     if isinstance(spec.get("postprocess"), dict) and isinstance(spec["postprocess"].get("charset"), dict):
         written.append(spec["postprocess"]["charset"]["file"])
-    files = [{"name": n, "role": _role(engine, n), "bytes": (outdir / n).stat().st_size, "sha256": _sha256(outdir / n)}
+    files = [{"name": n, "role": _role(engine, n), "bytes": (outdir / n).stat().st_size, "sha256": file_sha256(outdir / n)}
              for n in written]
     d = _describe(engine, precision, spec, threads, policy, layout, dict(eng.model_files), files,
                   {k: v for k, v in extra.items()} or None)

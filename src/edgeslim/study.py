@@ -695,12 +695,11 @@ def choose(prep: Prepared, cands: list[Candidate]) -> tuple[Candidate | None, di
     return selected, selection
 
 
-def _verify_one(prep: Prepared, c: Candidate, device: Any, samples: list, base_ref: tuple[list, float]) -> dict:
-    """`c` re-evaluated on `device` against its own host predictions on the same samples: the device's metric, its
-    drop from the original's host metric, the share of samples decoded as on the host, and whether it passes."""
+def _verify_one(prep: Prepared, c: Candidate, device: Any, samples: list, base_ref: tuple[list, float],
+                host: list) -> dict:
+    """`c` re-evaluated on `device` against its own host predictions `host` on the same samples: the device's metric,
+    its drop from the original's host metric, the share of samples decoded as on the host, and whether it passes."""
     eng = get_engine(c.engine)
-    host, _ = prep.run_eval(eng, prep.workdir / c.artifact, samples, f"verify {c.id} (host)", precision=c.recipe,
-                            device=_LOCAL)
     dev, nonfinite = prep.run_eval(eng, prep.workdir / c.artifact, samples, f"verify {c.id} on {device.spec}",
                                    precision=c.recipe, device=device)
     base_preds, base_metric = base_ref
@@ -744,9 +743,11 @@ def verify(prep: Prepared, cands: list[Candidate], selected: Candidate | None, s
             break
         for c in todo:
             done.add(c.id)
+            host, _ = prep.run_eval(get_engine(c.engine), prep.workdir / c.artifact, samples, f"verify {c.id} (host)",
+                                    precision=c.recipe, device=_LOCAL)  # once, whatever the number of devices
             for dev in devices:
                 try:
-                    rec = _verify_one(prep, c, dev, samples, base_ref)
+                    rec = _verify_one(prep, c, dev, samples, base_ref, host)
                 except Exception as e:  # a device that fails fails this verification, with its reason
                     rec = {"device": dev.spec, "ok": False, "reason": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
                 c.info.setdefault("verified_on", []).append(rec)

@@ -71,10 +71,6 @@ ZOO.register("objectron-chair")(ZooEntry(
     description="MediaPipe Objectron single-stage chair model, 640x480, full-integer int8 (terryky/tflite_gles_app)"))
 
 
-def _sha256(p: Path) -> str:
-    return file_sha256(p)
-
-
 def model_path(model: str | os.PathLike, local_dir: str | os.PathLike | None = None) -> Path:
     """A model argument as a path: an existing file as given, else a zoo name resolved (fetched if needed)."""
     if str(model) in ZOO and not Path(model).exists():
@@ -99,7 +95,7 @@ def resolve(name: str, local_dir: str | os.PathLike | None = None) -> Path:
     for d in ([Path(local_dir)] if local_dir else []) + [cache_dir()]:
         p = d / name_only
         if p.exists():
-            if e.sha256 and _sha256(p) != e.sha256:
+            if e.sha256 and file_sha256(p) != e.sha256:
                 raise ModelLoadError(f"{p}: sha256 mismatch for zoo model {name!r} (expected {e.sha256[:12]}...). Delete it to re-fetch.")
             return p
     dest = cache_dir() / name_only
@@ -118,7 +114,7 @@ def resolve(name: str, local_dir: str | os.PathLike | None = None) -> Path:
                 raise ModelLoadError(f"cannot fetch zoo model {name!r} from {e.url} ({ex}). Download it by hand into "
                                      f"{dest.parent} (sha256 {e.sha256}), or into a folder you pass to the command "
                                      f"(--models-dir DIR for edgeslim face, --models DIR for edgeslim objectron).") from None
-        got = _sha256(Path(tmp.name))
+        got = file_sha256(Path(tmp.name))
         if e.sha256 and got != e.sha256:
             raise ModelLoadError(f"fetched {name!r} from {e.url} but its sha256 {got[:12]}... does not match. Try again later.")
         os.replace(tmp.name, dest)
