@@ -345,3 +345,30 @@ def test_pipeline_pick_prefers_the_smallest_of_the_speed_tie():
     assert study.selection["main_job_selected"] == "ort/fp32"
     alone = SimpleNamespace(selected="ort/fp32", candidate=cands.__getitem__, selection={"tied": ["ort/fp32"]})
     assert pipeline_pick(alone) == "ort/fp32" and "main_job_selected" not in alone.selection
+
+
+def test_det_size_search_takes_the_fastest_size_inside_the_gate_and_faster_every_round():
+    from edgeslim.apps.ocr.optimize import E2E_GATE, _choose_det_size
+
+    def m(cer, hmean):
+        return {"cer": cer, "hmean": hmean}
+
+    def t(*seconds):
+        return {"seconds": list(seconds), "speedup": 1.0, "speedup_range": [1.0, 1.0]}
+
+    sizes = ["min:736", "max:960", "max:640"]
+    metrics = {"original": m(0.30, 0.60), "optimized@min:736": m(0.30, 0.60), "optimized@max:960": m(0.305, 0.595),
+               "optimized@max:640": m(0.30, 0.60 - E2E_GATE["hmean"] - 0.02)}
+    timing = {"original": t(4, 4, 4), "optimized@min:736": t(2, 2, 2), "optimized@max:960": t(1.5, 1.6, 1.4),
+              "optimized@max:640": t(1, 1, 1)}
+    rows, chosen, why = _choose_det_size(sizes, metrics, timing)
+    assert chosen == "max:960" and "instead of the original's min:736" in why  # max:640 is faster but fails hmean
+    assert [r["passed"] for r in rows] == [True, True, False] and "hmean" in rows[2]["reason"]
+    timing["optimized@max:960"] = t(1.5, 2.2, 1.4)  # slower than the original input in one round: not shown faster
+    assert _choose_det_size(sizes, metrics, timing)[1] == "min:736"
+    metrics["optimized@max:960"] = m(0.30 + E2E_GATE["cer"] + 0.01, 0.60)
+    timing["optimized@max:960"] = t(1, 1, 1)
+    rows, chosen, why = _choose_det_size(sizes, metrics, timing)
+    assert chosen == "min:736" and "no smaller input passed" in why and "CER" in rows[1]["reason"]
+    assert _choose_det_size(["max:960"], {"original": m(0.3, 0.6), "optimized@max:960": m(0.9, 0.1)},
+                            {"original": t(1), "optimized@max:960": t(1)})[1] == "max:960"  # one size: as asked

@@ -293,3 +293,29 @@ def test_metric_traps_are_errors():
     assert ctc_greedy(probs, ["<blank>", "a", "b", "c", "d"]) == ["d"]
     with pytest.raises(ValueError, match="2 predictions for 3 references"):
         cer(["a", "b"], ["a", "b", "c"])
+
+
+def test_ocr_rec_bench_batch_times_the_pipelines_batch_at_the_median_width():
+    from edgeslim.errors import InvalidParameterError
+    from edgeslim.tasks.ocr_rec import Line
+
+    widths = [100, 500, 700, 900, 2000]  # at height 48: 320 (minimum), 512, 704, 896, 1600 (maximum) padded
+    lines = [Line(f"l{i}", np.full((48, w, 3), 128, np.uint8), "a") for i, w in enumerate(widths)]
+    one = get_task("ocr-rec", charset=["<blank>", "a"]).bench_feeds(lines)["x"]
+    assert one.shape == (1, 3, 48, 320)
+    batch = get_task("ocr-rec", charset=["<blank>", "a"], bench_batch=8).bench_feeds(lines)["x"]
+    assert batch.shape == (8, 3, 48, 704) and np.array_equal(batch[0], batch[7])
+    with pytest.raises(InvalidParameterError, match="at least 1"):
+        get_task("ocr-rec", bench_batch=0)
+
+
+def test_study_task_options_reach_the_task_and_bad_ones_fail_in_validate(tmp_path, default_model_path):
+    from edgeslim.errors import InvalidParameterError
+    from edgeslim.study import StudyConfig, prepare
+
+    prep = prepare(StudyConfig(model=str(default_model_path), task="ocr-rec", eval_limit=4, calib_limit=2,
+                               task_options=(("bench_batch", 4),)), tmp_path)
+    assert prep.task.bench_batch == 4 and prep.task.bench_feeds(prep.eval)["x"].shape[0] == 4
+    assert ["bench_batch", 4] in [list(x) for x in prep.common["task_options"]]
+    with pytest.raises(InvalidParameterError, match="no_such_option"):
+        StudyConfig(model="m.onnx", task="ocr-rec", task_options=(("no_such_option", 1),)).validate()

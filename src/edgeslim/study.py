@@ -70,6 +70,9 @@ class StudyConfig:
     verify_on: tuple[str, ...] = ()  # devices the selection is re-evaluated on before it ships
     verify_all: bool = False
     verify_limit: int = OPTIONS["verify_limit"].default
+    # the task's own settings, as keyword arguments (e.g. the OCR pipeline's detector resize policy, or the recognizer's
+    # batch that the benchmark times); API and pipelines only, part of the cache key
+    task_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:  # the enums, whether given as members or as their text (checked in validate)
         for name, enum in (("objective", Objective), ("cpu", ThreadPolicy)):
@@ -88,7 +91,10 @@ class StudyConfig:
                                         "on a real device, and verify there with --verify-on.")
         for v in self.verify_on:
             parse_device(v)  # a malformed device fails here
-        get_task(self.task)  # unknown task names fail here, with close matches
+        try:  # unknown task names (with close matches) and task options fail here
+            get_task(self.task, **dict(self.task_options))
+        except TypeError as e:
+            raise InvalidParameterError(f"task_options {dict(self.task_options)} for task {self.task}: {e}") from None
         specs = [get_recipe(r).spec for r in self.recipes]  # unknown names and bad option values fail here
         get_engine(self.engine)
         plan = _engine_plan(self)
@@ -393,7 +399,7 @@ def prepare(config: StudyConfig, workdir: Path, progress: Progress | None = None
     config.validate()
     prog = progress or (lambda *a: None)
     original = load_onnx(config.model)
-    task = get_task(config.task, eval_limit=config.eval_limit).bind(original)
+    task = get_task(config.task, eval_limit=config.eval_limit, **dict(config.task_options)).bind(original)
     calib, ev = task.load(Path(config.data) if config.data else None)
     calib = calib[: config.calib_limit] if config.calib_limit else calib
     if not calib:
@@ -407,7 +413,7 @@ def prepare(config: StudyConfig, workdir: Path, progress: Progress | None = None
     common = {"model": model_hash, "task": config.task, "data": data_hash, "calib": len(calib), "eval": len(ev),
               "calib_limit": config.calib_limit, "eval_limit": config.eval_limit, "threads": config.threads,
               "budget": budget, "versions": vers, "engine": config.engine, "cpu": [mach.get("cpu"), mach.get("flags")],
-              "device": config.device}
+              "device": config.device, "task_options": sorted(config.task_options)}
     plan = [Planned(Candidate(id=f"{config.engine}/{r.spec}", recipe=r.spec, engine=config.engine), recipe=r)
             for r in (get_recipe(s) for s in config.recipes)]
     plan += [Planned(Candidate(id=f"{e}/{p}", recipe=p, engine=e), precision=p) for e, p in _engine_plan(config)]

@@ -10,7 +10,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, InvalidParameterError
 from . import register_task
 from .base import Batch, Task, images_from, read_image
 
@@ -112,10 +112,13 @@ class OcrRecTask(Task):
     default_budget = 0.005
 
     def __init__(self, charset: Sequence[str] | None = None, height: int = 48, min_width: int = 320,
-                 max_width: int = 1600, calib_size: int = 96, eval_limit: int | None = None) -> None:
+                 max_width: int = 1600, calib_size: int = 96, eval_limit: int | None = None, bench_batch: int = 1) -> None:
         self.charset = list(charset) if charset is not None else None
         self.height, self.min_width, self.max_width = height, min_width, max_width
         self.calib_size, self.eval_limit = calib_size, eval_limit
+        if int(bench_batch) < 1:
+            raise InvalidParameterError(f"bench_batch={bench_batch}: the lines per timed run must be at least 1.")
+        self.bench_batch = int(bench_batch)  # a pipeline that runs lines in batches times its candidates on one
 
     @staticmethod
     def charset_from_model(model) -> list[str]:
@@ -209,7 +212,13 @@ class OcrRecTask(Task):
         return {"exact_match": float(np.mean([p == r for p, r in zip(preds, ref_preds)])), "metric_vs_fp32": cer(preds, ref_preds)}
 
     def bench_feeds(self, samples: list[Line]) -> dict[str, np.ndarray]:
-        return {self.input_name: np.zeros((1, 3, self.height, self.min_width), np.float32) + _bench_pattern(self.height, self.min_width)}
+        """One line at the minimum width; with `bench_batch` > 1, a batch as a pipeline runs it: that many lines at
+        the median padded width of `samples` (engines without a batch axis, ncnn, run it line by line)."""
+        width = self.min_width
+        if self.bench_batch > 1 and samples:
+            widths = sorted(self._width(self._prep(s.image)) for s in samples)
+            width = widths[len(widths) // 2]
+        return {self.input_name: np.repeat(_bench_pattern(self.height, width), self.bench_batch, axis=0)}
 
     def baseline_problem(self, metric: float, n_eval: int) -> str | None:
         if metric < BASELINE_CER_LIMIT:

@@ -117,5 +117,7 @@ def optimize_command(opts: dict, as_json: bool = False, command: list[str] | Non
     con.print(_table(f"end to end on {e['photos']} photos", ["pipeline", "CER", "hmean", "s per pass", "speedup"],
                      [[n, f"{e[n]['cer']:.4f}", f"{e[n]['hmean']:.4f}", f"{e['timing'][n]['median_s']:.3f}",
                        f"{e['timing'][n]['speedup']:.2f}x"] for n in ("original", "optimized")]))
+    if e.get("det_choice"):
+        con.print(e["det_choice"] + ".")
     con.print(f"models {spec['total_bytes'] / 1e6:.2f} MB (original {spec['original_total_bytes'] / 1e6:.2f} MB)  ->  {out}/  "
               f"({res.seconds:.0f} s). Run it: edgeslim ocr --models {out} PHOTO")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,6 +33,12 @@ __all__ = ["STAGES", "optimize_pipeline", "pipeline_pick", "PipelineResult", "te
 
 # stage -> (zoo model, task)
 STAGES = {"det": (ZOO_MODELS["det"], "ocr-det"), "cls": (ZOO_MODELS["cls"], "ocr-cls"), "rec": (ZOO_MODELS["rec"], "ocr-rec")}
+# The detector input policy the original pipeline (RapidOCR as shipped) uses: shorter side at least 736, longer side at
+# most 2000. The stage studies judge the detector at these pixels; smaller inputs are a knob searched end to end.
+ORIGINAL_DET_LIMIT = "min:736"
+DET_SIZES = (ORIGINAL_DET_LIMIT, "max:960", "max:736")
+# the end-to-end gate a smaller detector input must pass against the original pipeline on the evaluation photos
+E2E_GATE = {"hmean": 0.01, "cer": 0.01}
 Progress = Callable[[str, int, int], None]
 
 
@@ -149,13 +155,21 @@ def pipeline_pick(study) -> str | None:
     return study.selected
 
 
-def optimize_pipeline(opts: dict[str, Any], folder: Path, *, det_limit: str = "max:960", e2e_rounds: int = 3,
+def optimize_pipeline(opts: dict[str, Any], folder: Path, *, det_limit: str | None = None,
+                      det_sizes: Sequence[str] = DET_SIZES, e2e_rounds: int = 3,
                       progress: Progress | None = None, command: list[str] | None = None) -> PipelineResult:
     """Run the three stage studies into `folder` (which the caller owns, e.g. an `OutputDir`'s temp folder), write
     `pipeline.json` and `report.md`, and measure the pipeline end to end on the evaluation photos of `opts["data"]`
     (default: the bundled photo set) against the original zoo pipeline. `opts` are resolved options of the main job
     (`edgeslim.api.resolve_options`); `data` is a labelled photo folder (the `ocr-det` format), the recognizer
-    always uses its own bundled line set."""
+    always uses its own bundled line set.
+
+    The detector is studied at the original pipeline's input policy (`ORIGINAL_DET_LIMIT`), the recognizer's
+    candidates are timed on a batch as the pipeline runs it (`OcrConfig.rec_batch` lines of the median padded
+    width). The detector input size is then searched end to end over `det_sizes` (or fixed to `det_limit`): the
+    fastest size whose pipeline stays within `E2E_GATE` of the original's hmean and CER on the evaluation photos and
+    is faster than the original policy in every timed round; else the original policy. The choice and every size's
+    figures are recorded (`e2e["det_sizes"]`, `e2e["det_choice"]`) and the report says it."""
     from ..._version import __version__
     from ...api import save_outputs, study_config
     from ...bench import machine_info
@@ -167,8 +181,11 @@ def optimize_pipeline(opts: dict[str, Any], folder: Path, *, det_limit: str = "m
     prog = progress or (lambda *a: None)
     folder = Path(folder)
     photos = str(opts.get("data") or BUNDLED_PHOTOS)
-    resize = parse_det_limit(det_limit)
+    sizes = [det_limit] if det_limit else list(dict.fromkeys([ORIGINAL_DET_LIMIT, *det_sizes]))
+    for size in sizes:
+        parse_det_limit(size)  # a bad size fails before any study runs
     _, eval_photos = load_photo_set(Path(photos))  # a bad photo folder fails before any study runs
+    task_options = {"det": (("det_limit", ORIGINAL_DET_LIMIT),), "rec": (("bench_batch", OcrConfig().rec_batch),)}
     studies, rows = {}, {}
     for stage, (zoo_name, task) in STAGES.items():
         stage_opts = dict(opts, model=zoo_name, task=task, data=str(BUNDLED_LINES) if task == "ocr-rec" else photos,
@@ -177,7 +194,7 @@ def optimize_pipeline(opts: dict[str, Any], folder: Path, *, det_limit: str = "m
             from ...api import DEFAULT_EVAL_LIMIT
 
             stage_opts["eval_limit"] = DEFAULT_EVAL_LIMIT
-        cfg = study_config(stage_opts)
+        cfg = replace(study_config(stage_opts), task_options=task_options.get(stage, ()))
         cfg.validate()
         sub = folder / stage
         sub.mkdir(parents=True, exist_ok=True)
@@ -188,7 +205,8 @@ def optimize_pipeline(opts: dict[str, Any], folder: Path, *, det_limit: str = "m
             raise InvalidParameterError(f"the {stage} stage ({zoo_name}) kept no candidate, not even the original; see "
                                         f"{sub / 'report.md'}.")
         studies[stage], rows[stage] = study, _stage_row(study, sub)
-    config = OcrConfig(det_resize=resize)
+    original_config = OcrConfig(det_resize=parse_det_limit(ORIGINAL_DET_LIMIT))
+    config = original_config
     spec = {"schema": 1, "kind": "ocr-pipeline", "created_by": f"edgeslim {__version__}",
             "stages": rows, "config": config.to_dict(), "threads": opts["threads"], "cpu": opts["cpu"],
             "total_bytes": sum(r["bytes"] for r in rows.values()),
@@ -196,26 +214,65 @@ def optimize_pipeline(opts: dict[str, Any], folder: Path, *, det_limit: str = "m
             "machine": machine_info(opts["threads"]), "command": command}
     (folder / PIPELINE_FILE).write_text(json.dumps(spec, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
 
-    # end to end, on whole photos: the original zoo pipeline vs the assembled one, same config, threads and policy
-    original = OcrPipeline(OcrModels.from_zoo(opts["threads"], opts["cpu"]), config)
-    optimized = OcrPipeline(OcrModels.from_folder(folder, opts["threads"], opts["cpu"]), config)
-    e2e: dict[str, Any] = {"photos": len(eval_photos), "source": photos}
-    for name, pipe in (("original", original), ("optimized", optimized)):
+    # end to end, on whole photos: the original zoo pipeline (at its own detector input) vs the assembled one at each
+    # detector input size, same threads and policy, timed in one run
+    models = OcrModels.from_folder(folder, opts["threads"], opts["cpu"])
+    pipes = {"original": OcrPipeline(OcrModels.from_zoo(opts["threads"], opts["cpu"]), original_config)}
+    pipes.update({f"optimized@{s}": OcrPipeline(models, replace(original_config, det_resize=parse_det_limit(s)))
+                  for s in sizes})
+    e2e: dict[str, Any] = {"photos": len(eval_photos), "source": photos, "original_det": ORIGINAL_DET_LIMIT}
+    metrics = {}
+    for name, pipe in pipes.items():
         prog(f"end to end: {name}", 0, len(eval_photos))
         res = []
         for ph in eval_photos:
             r = pipe.read_array(ph.image, ph.name)
             res.append([(np.asarray(l.quad, np.float32), l.text) for l in r.lines])
             prog(f"end to end: {name}", 1, len(eval_photos))
-        e2e[name] = text_metrics(res, eval_photos)
+        metrics[name] = text_metrics(res, eval_photos)
     timing = time_pipelines({n: (lambda p=p: [p.read_array(ph.image, ph.name) for ph in eval_photos])
-                             for n, p in (("original", original), ("optimized", optimized))}, rounds=e2e_rounds)
-    e2e["timing"] = timing
-    e2e["speedup"] = timing["optimized"]["speedup"]
+                             for n, p in pipes.items()}, rounds=e2e_rounds)
+    e2e["det_sizes"], chosen, e2e["det_choice"] = _choose_det_size(sizes, metrics, timing)
+    config = replace(original_config, det_resize=parse_det_limit(chosen))
+    spec["config"] = config.to_dict()
+    e2e["original"], e2e["optimized"] = metrics["original"], metrics[f"optimized@{chosen}"]
+    e2e["same_det_input"] = metrics[f"optimized@{ORIGINAL_DET_LIMIT}"] if ORIGINAL_DET_LIMIT in sizes else None
+    e2e["timing"] = {"original": timing["original"], "optimized": timing[f"optimized@{chosen}"], **timing}
+    e2e["speedup"] = timing[f"optimized@{chosen}"]["speedup"]
     spec["e2e"] = e2e
     (folder / PIPELINE_FILE).write_text(json.dumps(spec, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     (folder / "report.md").write_text(markdown(spec), encoding="utf-8")
     return PipelineResult(stages=studies, e2e=e2e, spec=spec, seconds=time.time() - t_start)
+
+
+def _choose_det_size(sizes: list[str], metrics: dict[str, dict], timing: dict[str, dict]) -> tuple[list[dict], str, str]:
+    """The detector input size the pipeline ships with: the fastest that passes `E2E_GATE` against the original
+    pipeline and is faster than the original policy in every timed round (its per-round ratio to it above 1); else
+    the original policy (or the one size given). Returns one row per size, the choice and the sentence saying why."""
+    orig, ref = metrics["original"], f"optimized@{sizes[0]}"
+    rows = []
+    for s in sizes:
+        m, t = metrics[f"optimized@{s}"], timing[f"optimized@{s}"]
+        vs_ref = [a / b for a, b in zip(timing[ref]["seconds"], t["seconds"])]
+        fails = []
+        if m["hmean"] < orig["hmean"] - E2E_GATE["hmean"]:
+            fails.append(f"hmean {m['hmean']:.4f} < original {orig['hmean']:.4f} - {E2E_GATE['hmean']}")
+        if m["cer"] > orig["cer"] + E2E_GATE["cer"]:
+            fails.append(f"CER {m['cer']:.4f} > original {orig['cer']:.4f} + {E2E_GATE['cer']}")
+        rows.append({"det": s, "cer": m["cer"], "hmean": m["hmean"], "speedup": t["speedup"],
+                     "speedup_range": t["speedup_range"], "vs_first": [round(x, 4) for x in vs_ref],
+                     "passed": not fails, "reason": "; ".join(fails)})
+    ok = [r for r in rows[1:] if r["passed"] and min(r["vs_first"]) > 1.0]
+    if len(sizes) == 1:
+        return rows, sizes[0], f"detector input {sizes[0]}, as asked"
+    if not ok:
+        return rows, sizes[0], (f"detector input {sizes[0]} (the original's): no smaller input passed the end-to-end gate "
+                                f"(hmean -{E2E_GATE['hmean']}, CER +{E2E_GATE['cer']}) and was faster in every round")
+    best = max(ok, key=lambda r: statistics.median(r["vs_first"]))
+    return rows, best["det"], (f"detector input {best['det']} instead of the original's {sizes[0]}: "
+                               f"{statistics.median(best['vs_first']):.2f}x faster end to end (every round faster), hmean "
+                               f"{best['hmean'] - orig['hmean']:+.4f} and CER {best['cer'] - orig['cer']:+.4f} against the "
+                               "original pipeline on the evaluation photos")
 
 
 def markdown(spec: dict) -> str:
@@ -239,4 +296,11 @@ def markdown(spec: dict) -> str:
             t = e["timing"][n]
             lines.append(f"| {n} | {e[n]['cer']:.4f} | {e[n]['hmean']:.4f} | {e[n]['line_acc']:.3f} | {t['median_s']:.3f} | "
                          f"{t['speedup']:.2f}x [{t['speedup_range'][0]:.2f}-{t['speedup_range'][1]:.2f}] |")
+        if e.get("det_sizes"):
+            lines += ["", f"**{e['det_choice']}.**", "",
+                      "| optimized, detector input | CER | hmean | speedup vs original | end-to-end gate |", "|---|---|---|---|---|"]
+            for r in e["det_sizes"]:
+                lines.append(f"| {r['det']}{' (original)' if r['det'] == e.get('original_det') else ''} | {r['cer']:.4f} | "
+                             f"{r['hmean']:.4f} | {r['speedup']:.2f}x [{r['speedup_range'][0]:.2f}-{r['speedup_range'][1]:.2f}] | "
+                             f"{'passed' if r['passed'] else r['reason']} |")
     return "\n".join(lines) + "\n"
