@@ -200,7 +200,7 @@ def test_ppocr_bf16_and_w8(ocr, ocr_fp32, tmp_path):
     ref = [ort_run(ocr["model"], f) for f in ocr["feeds"]]
     fp32_size = e.size_bytes(ocr_fp32)
     done = []
-    for precision in ("bf16", "w8"):
+    for precision in ("bf16", "w8", "bf16-w8"):
         if precision not in e.precisions():
             continue
         art = e.convert(ocr["model"], tmp_path / f"{precision}.xml", precision=precision)
@@ -220,8 +220,11 @@ def test_ppocr_bf16_and_w8(ocr, ocr_fp32, tmp_path):
         else:
             assert e.size_bytes(art) < 0.35 * fp32_size and meta["w8"]["mode"].startswith("INT8")
             assert ir_op_count(art, "FakeQuantize") == 0  # weight-only: activations are not quantized
+            assert meta["weights"] == "int8"
+            hint = "bf16" if precision == "bf16-w8" else "f32"
+            assert meta["properties"]["INFERENCE_PRECISION_HINT"] == hint
         done.append(precision)
-    assert "w8" in done
+    assert "w8" in done and ("bf16-w8" in done) == ("bf16" in done)
 
 
 def test_delivered_folder_runs_with_openvino_alone(ocr, ocr_fp32, tmp_path):
