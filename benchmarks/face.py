@@ -253,7 +253,10 @@ def main() -> None:
     args = ap.parse_args()
     from edgeslim.bench import machine_info
 
-    res: dict = {"machine": machine_info(args.threads), "loadavg_before": os.getloadavg(), "args": vars(args)}
+    import cv2
+
+    res: dict = {"machine": {**machine_info(args.threads), "opencv": cv2.__version__}, "loadavg_before": os.getloadavg(),
+                 "args": vars(args)}
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="edgeslim-face-") as d:
         work = Path(d)
