@@ -18,7 +18,7 @@ fp32 pipeline, the HyperFAS ONNX port vs its NumPy reference, and the beauty pip
 - Beauty: a 720p clip made from a wider_val_calib portrait (one face, moving), processed with tracking; frames/s of
   the processing (decode and encode excluded; the end-to-end figure is reported beside it).
 
-    python benchmarks/face.py [--rounds 7] [--threads 2] [--recipes fp32,int8,...] [--engines mnn,ncnn]
+    python benchmarks/face.py [--rounds 7] [--threads 2] [--recipes fp32,int8,...] [--engines mnn,ncnn,openvino]
 
 Writes benchmarks/results/face.{json,md} and benchmarks/results/face_beauty_before_after.jpg; ends with one RESULT
 line.
@@ -247,7 +247,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--frames", type=int, default=120)
     ap.add_argument("--recipes", default="fp32,int8,int8-dynamic,bf16")
-    ap.add_argument("--engines", default="mnn,ncnn")
+    ap.add_argument("--engines", default="mnn,ncnn,openvino")
     ap.add_argument("--skip-optimize", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()

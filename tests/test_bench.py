@@ -221,3 +221,33 @@ def test_noise_reasons():
     assert len(reasons) == 2
     assert "0.90 cores" in reasons[0]
     assert reasons[1].startswith("jumpy:")
+
+
+def test_wait_parked_returns_once_the_previous_worker_stops_using_cpu():
+    """The pause before a candidate ends when the previous worker's pool parks, not after a fixed time; a worker that
+    keeps a core busy is waited for up to the cap."""
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from edgeslim.bench import _wait_parked
+
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 30: pass"])
+    try:
+        time.sleep(0.5)  # both interpreters started
+        t0 = time.monotonic()
+        _wait_parked(SimpleNamespace(proc=idle), 1.0)
+        assert time.monotonic() - t0 < 0.5
+        t0 = time.monotonic()
+        _wait_parked(SimpleNamespace(proc=busy), 0.6)
+        assert time.monotonic() - t0 >= 0.55
+        t0 = time.monotonic()
+        _wait_parked(None, 1.0)  # no previous worker: no wait
+        assert time.monotonic() - t0 < 0.1
+    finally:
+        idle.kill()
+        busy.kill()
+        idle.wait()
+        busy.wait()
