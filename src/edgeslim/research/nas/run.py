@@ -28,7 +28,9 @@ class NasConfig:
     search_share: float = 0.35  # of the budget, for the CARS run; the ablation runs as many generations
     ablation: bool = True
     finetune_epochs: int = 8
-    baseline_epochs: int = 4  # benchmarks/bnn_mnist.py trains the fp32 CNN 2 x 2 epochs
+    # None: the baseline trains as many epochs as each front member is fine-tuned, so accuracy compares at equal
+    # training budgets (the members also had the supernet's steps before)
+    baseline_epochs: int | None = None
     max_front: int = 6
     final_rounds: int = 7
     search: SearchConfig = field(default_factory=lambda: SearchConfig(generations=None, budget_s=1.0))
@@ -106,13 +108,14 @@ def run_nas(data_dir: str | Path, config: NasConfig, *, progress: Callable[[str]
         rand = search(space, data, replace(config.search, method="random", generations=cars.generations, budget_s=None),
                       ref_onnx, ray_info=info, latency_cache=cache, progress=say)
     members = _spread(cars.front, config.max_front)
+    base_epochs = config.finetune_epochs if config.baseline_epochs is None else config.baseline_epochs
     say(f"fine-tuning {len(members)} front members and the baseline ({config.finetune_epochs} / "
-        f"{config.baseline_epochs} epochs) as Ray tasks")
+        f"{base_epochs} epochs) as Ray tasks")
     dref = ray.put({k: getattr(data, k) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")})
     sref = ray.put(cars.state_dict)
     ft = ray.remote(num_cpus=1)(_finetune_task)
     bt = ray.remote(num_cpus=1)(_train_baseline)
-    base_fut = bt.remote(space.to_dict(), dref, config.baseline_epochs)
+    base_fut = bt.remote(space.to_dict(), dref, base_epochs)
     futs = [ft.remote(space.to_dict(), sref, list(c.arch), dref, config.finetune_epochs, 2e-3, config.search.seed,
                       config.search.latency.batch) for c in members]
     tuned = ray.get(futs)
@@ -142,7 +145,7 @@ def run_nas(data_dir: str | Path, config: NasConfig, *, progress: Callable[[str]
         "space": space.to_dict(), "ray": info, "budget_minutes": config.budget_minutes,
         "baseline": {"name": "baseline.onnx", "model": "MnistBNN('fp32', widths 16-32-32-64-64), 3-channel stem",
                      "test_acc": base["test_acc"], "params": base["params"],
-                     "latency_p50_ms": tel.get("reference_p50_ms"), "epochs": config.baseline_epochs},
+                     "latency_p50_ms": tel.get("reference_p50_ms"), "epochs": base_epochs},
         "front": front,
         "best_acc": max((m["test_acc"] for m in front), default=None),
         "fastest_at_98": min((m["latency_ratio"] for m in at_98), default=None),
@@ -153,7 +156,7 @@ def run_nas(data_dir: str | Path, config: NasConfig, *, progress: Callable[[str]
                                                   "loadavg_after", "policy", "threads", "reference_p50_ms")},
         "machine": machine_info(lat_cfg.threads),
         "config": {"budget_minutes": config.budget_minutes, "search_share": config.search_share,
-                   "finetune_epochs": config.finetune_epochs, "baseline_epochs": config.baseline_epochs,
+                   "finetune_epochs": config.finetune_epochs, "baseline_epochs": base_epochs,
                    "search": {**asdict(config.search), "latency": asdict(config.search.latency)}},
         "minutes": round((time.monotonic() - t0) / 60.0, 2),
     }

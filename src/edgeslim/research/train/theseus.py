@@ -478,6 +478,43 @@ def distill(teacher, tokenizer_json: str, sentences: list[str], cfg: TheseusConf
     return student, log
 
 
+def distill_with_labels(teacher, tokenizer_json: str, pairs, cfg: TheseusConfig = TheseusConfig(),
+                        progress: Callable[[str, int, int], None] | None = None, kd_weight: float = 1.0):
+    """Baseline at equal information with Theseus: the task loss on the gold scores (as Theseus and drop train) plus
+    `kd_weight` x the distillation loss (squared distance of the student's embeddings of both sentences to the
+    teacher's). Same start (`cfg.init`), steps and batches of pairs as the other students."""
+    torch = _torch()
+    _check_pairs(pairs)
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    keep = successor_init_layers(len(teacher.encoder.layer), cfg.layers, cfg.successor_layers, cfg.init)
+    student = _successor(teacher, keep)
+    a, b, y = _pairs_tensors(pairs)
+    y = torch.tensor(y / _label_scale(y))
+    tok = _Tok(tokenizer_json, cfg.max_length)
+    teacher.eval()
+    with torch.no_grad():  # the teacher's embeddings of every pair once: a then b, in chunks
+        sents = list(a) + list(b)
+        targets = torch.cat([embed(teacher, *tok(sents[i : i + 64])) for i in range(0, len(sents), 64)])
+    n = len(pairs)
+    batches = _Batches(n, cfg.batch_size, cfg.seed)
+    _trainable(student, cfg)
+    log = TrainLog(method="kd+labels", config=asdict(cfg), layers_kept=keep)
+
+    def step(t: int):
+        idx = batches.next()
+        e = embed(student, *tok([a[i] for i in idx] + [b[i] for i in idx]))
+        k = len(idx)
+        task = torch.nn.functional.mse_loss((e[:k] * e[k:]).sum(1), y[idx])
+        target = torch.cat([targets[idx], targets[[n + i for i in idx]]])
+        return task + kd_weight * torch.nn.functional.mse_loss(e, target) * e.shape[1]
+
+    _run_phase(student, list(student.parameters()), cfg.steps, cfg, step, log, progress, "kd+labels: train")
+    student.eval()
+    log.seconds = round(time.time() - t0, 1)
+    return student, log
+
+
 # ---- export ------------------------------------------------------------------------------------------------------
 
 def export_onnx(model, tokenizer_json: str | None = None, opset: int = 17, max_length: int | None = None):
