@@ -472,3 +472,39 @@ def test_ncnn_bf16_w8_stores_codebooks_and_keeps_the_worst_layers_when_the_score
     errors = codebook_errors(codebooks(full.with_suffix(".param").read_text(), full.read_bytes()))
     assert meta2["codebook"]["fp16_layers"] == [max(errors, key=errors.get)] and meta2["codebook"]["coded_blobs"] == 1
     assert [t["kept_layers"] for t in meta2["search"]][:2] == [0, 1]
+
+
+def _ids_model() -> onnx.ModelProto:
+    """Token ids (int64, dynamic length) -> an embedding table lookup -> mean over the sequence: the input side of a
+    sentence encoder."""
+    table = np.random.default_rng(5).standard_normal((50, 8)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"], axis=0),
+         helper.make_node("ReduceMean", ["e"], ["y"], axes=[1], keepdims=0)], "ids",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])], [numpy_helper.from_array(table, "table")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_mnn_takes_integer_inputs_as_integers(tmp_path):
+    """MNN runs token ids as int32 (a float32 feed of an integer input breaks its shape computation: no outputs)."""
+    pytest.importorskip("MNN")
+    import onnxruntime as ort
+
+    m = _ids_model()
+    e = get_engine("mnn")
+    art = e.convert(m, tmp_path / "ids.mnn", "fp32")
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (3, 11):
+        ids = np.random.default_rng(n).integers(0, 50, (1, n), dtype=np.int64)
+        got = e.load(art, 1).run({"ids": ids})
+        assert len(got) == 1
+        np.testing.assert_allclose(got[0].reshape(1, 8), sess.run(None, {"ids": ids})[0], rtol=1e-5, atol=1e-6)
+
+
+def test_pnnx_gets_each_inputs_own_type(small):
+    """pnnx refuses an example shape whose type differs from the graph's input (token ids are i64, not f32)."""
+    from edgeslim.engines.ncnn import _pnnx_types
+
+    assert _pnnx_types(_ids_model(), ["ids"]) == ["i64"]
+    assert _pnnx_types(small, [i.name for i in small.graph.input]) == ["f32"] * len(small.graph.input)

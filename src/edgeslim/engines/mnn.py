@@ -110,9 +110,14 @@ class MnnRunner:
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         F = self._F
         inputs = []
-        for name in self.input_names:
-            x = np.ascontiguousarray(feeds[name], dtype=np.float32)
-            inputs.append(F.const(x, list(x.shape), F.NCHW))
+        for name in self.input_names:  # integer inputs (token ids) as int32, MNN's integer type; a float feed fails
+            x = np.asarray(feeds[name])  # the shape computation of such graphs ("Compute Shape Error", no outputs)
+            if np.issubdtype(x.dtype, np.integer):
+                x = np.ascontiguousarray(x, dtype=np.int32)
+                inputs.append(F.const(x, list(x.shape), F.NCHW, F.int))
+            else:
+                x = np.ascontiguousarray(x, dtype=np.float32)
+                inputs.append(F.const(x, list(x.shape), F.NCHW))
         outs = self._net.forward(inputs)
         res = []
         for o in outs:

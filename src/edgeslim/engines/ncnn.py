@@ -166,6 +166,17 @@ def _shapes(model: onnx.ModelProto, inputs: list[str], sample: Feeds | None) -> 
     return first, second
 
 
+_PNNX_TYPES = {onnx.TensorProto.FLOAT: "f32", onnx.TensorProto.FLOAT16: "f16", onnx.TensorProto.DOUBLE: "f64",
+               onnx.TensorProto.INT64: "i64", onnx.TensorProto.INT32: "i32", onnx.TensorProto.INT8: "i8",
+               onnx.TensorProto.UINT8: "u8", onnx.TensorProto.BOOL: "b"}
+
+
+def _pnnx_types(model: onnx.ModelProto, inputs: list[str]) -> list[str]:
+    """pnnx's type suffix of each input's example shape (token ids are i64: a f32 example fails the conversion)."""
+    by_name = {i.name: i for i in model.graph.input}
+    return [_PNNX_TYPES.get(by_name[n].type.tensor_type.elem_type, "f32") for n in inputs]
+
+
 def calibrate_blobs(param: str, binf: str, feeds_file: str, layers: list[str], bottoms: list[str],
                     calibrator: str = "percentile", threads: int = 2) -> dict:
     """Run in a child process: stream calibration feeds through the fp32 ncnn net, range of each layer's input."""
@@ -330,9 +341,11 @@ class NcnnEngine(Engine):
             # reduced precisions store weights in fp16 (half the file; ncnn widens or narrows them at load), so
             # "smaller" is true of the delivered file; fp32 keeps fp32 weights so it stays exact
             fp16 = "0" if precision == "fp32" else "1"
-            argv = [pnnx, src.name, "inputshape=" + ",".join(f"[{','.join(map(str, s))}]f32" for s in shapes), f"fp16={fp16}"]
+            types = _pnnx_types(model, inputs)  # pnnx checks each example's type against the graph's
+            argv = [pnnx, src.name, "inputshape=" + ",".join(f"[{','.join(map(str, s))}]{t}" for s, t in zip(shapes, types)),
+                    f"fp16={fp16}"]
             if shapes2 != shapes:  # a second shape tells pnnx which dims vary (OCR widths)
-                argv.append("inputshape2=" + ",".join(f"[{','.join(map(str, s))}]f32" for s in shapes2))
+                argv.append("inputshape2=" + ",".join(f"[{','.join(map(str, s))}]{t}" for s, t in zip(shapes2, types)))
             run = run_tool(argv, CONVERT_TIMEOUT, cwd=d)
             param, binf = d / "model.ncnn.param", d / "model.ncnn.bin"
             if not run.ok or not param.exists() or not binf.exists():

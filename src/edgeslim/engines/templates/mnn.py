@@ -6,7 +6,7 @@ import numpy as np
 
 
 def make_runner(ROOT, D):
-    """{input name: float32 array with batch axis} -> list of outputs, by MNN alone."""
+    """{input name: array with batch axis (float, or integer ids)} -> list of outputs, by MNN alone."""
     import MNN.expr as F
     import MNN.nn as nn
 
@@ -22,8 +22,16 @@ def make_runner(ROOT, D):
                                    runtime_manager=runtime, shape_mutable=True)
 
     def run(feeds):
-        xs = [np.ascontiguousarray(feeds[n], dtype=np.float32) for n in INPUTS]
-        outs = net.forward([F.const(x, list(x.shape), F.NCHW) for x in xs])
+        xs = []
+        for n in INPUTS:  # integer inputs (token ids) go in as int32, MNN's integer type; the rest as float32
+            x = np.asarray(feeds[n])
+            if np.issubdtype(x.dtype, np.integer):
+                x = np.ascontiguousarray(x, dtype=np.int32)
+                xs.append(F.const(x, list(x.shape), F.NCHW, F.int))
+            else:
+                x = np.ascontiguousarray(x, dtype=np.float32)
+                xs.append(F.const(x, list(x.shape), F.NCHW))
+        outs = net.forward(xs)
         res = []
         for o in outs:
             if o.data_format == F.NC4HW4:
