@@ -171,3 +171,36 @@ def test_a_device_that_cannot_time_is_refused_as_device(raw, tmp_path, monkeypat
     _fake_devices(monkeypatch, False)
     with pytest.raises(InvalidParameterError, match="never taken from emulation"):
         prepare(_config(raw, tmp_path, device="fake:a55"), tmp_path / "w")
+
+
+def test_a_candidate_collapsed_on_the_probe_is_not_run_further(raw, tmp_path, monkeypatch):
+    """The probe: a candidate whose outputs went wrong (here negated, as a broken kernel would) is judged on the leading
+    share of the evaluation samples and the rest never run; a sound candidate runs every sample."""
+    import edgeslim.study as study
+
+    model, _ = raw
+    data = tmp_path / "many.npz"
+    np.savez(data, x=np.random.default_rng(1).normal(0, 1, (160, 3, 8, 8)).astype(np.float32))
+    prep = prepare(_config((model, data), tmp_path, cache=False), tmp_path / "w")
+    base = evaluate_baseline(prep)
+    cands = build(prep, base)
+    n_eval = len(prep.eval)
+    k = max(study.PROBE_MIN, n_eval // study.PROBE_SHARE)
+    assert k < n_eval
+    runs: dict[str, int] = {}
+    real = prep.run_eval
+
+    def run_eval(engine, path, samples, stage, **kw):
+        preds, nf = real(engine, path, samples, stage, **kw)
+        runs[stage] = runs.get(stage, 0) + len(samples)
+        if "w8" in stage:
+            preds = [[-o for o in p] for p in preds]
+        return preds, nf
+
+    monkeypatch.setattr(prep, "run_eval", run_eval)
+    evaluate_candidates(prep, base, cands)
+    fp32, w8 = cands
+    assert runs == {"evaluate ort/fp32": n_eval, "evaluate ort/w8": k}
+    assert fp32.status == Status.OK and "evaluated_samples" not in fp32.info
+    assert w8.status == Status.REJECTED and w8.info["evaluated_samples"] == k
+    assert w8.reason.startswith("collapsed") and f"first {k} of {n_eval}" in w8.reason
