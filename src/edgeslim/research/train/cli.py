@@ -44,7 +44,8 @@ def command(
     data: Path = typer.Option(..., "--data", help="Training pairs: TSV in the STS-B layout or 'sentence1<TAB>sentence2<TAB>score'."),
     layers: int = typer.Option(3, "--layers", help="Successor layers (the encoder's layers must split into this many equal modules)."),
     outdir: Path = typer.Option(Path("theseus-out"), "-o", "--outdir", help="Output folder (replaced atomically, only if edgeslim wrote it)."),
-    method: str = typer.Option("theseus", "--method", help="theseus | kd (distil teacher embeddings) | drop (keep every k-th layer, fine-tune)."),
+    method: str = typer.Option("theseus", "--method", help="theseus | kd (distil teacher embeddings) | kd+labels (distil and the task loss) "
+                                "| drop (keep every k-th layer, fine-tune)."),
     replace_steps: int = typer.Option(200, "--replace-steps", help="Phase 1 steps (replacement rate p0 -> 1)."),
     finetune_steps: int = typer.Option(100, "--finetune-steps", help="Phase 2 steps (successor alone)."),
     p0: float = typer.Option(0.5, "--p0", help="Replacement rate at the first step."),
@@ -99,6 +100,8 @@ def command(
             student, log = T.theseus_compress(teacher, tok_json, pairs, cfg, progress)
         elif method == "drop":
             student, log = T.drop_layers(teacher, tok_json, pairs, cfg, progress)
+        elif method == "kd+labels":
+            student, log = T.distill_with_labels(teacher, tok_json, pairs, cfg, progress)
         else:
             sentences = list(dict.fromkeys(s for p in pairs for s in (p.a, p.b)))
             student, log = T.distill(teacher, tok_json, sentences, cfg, progress)

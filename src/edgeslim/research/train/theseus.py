@@ -38,9 +38,9 @@ from ...errors import InvalidParameterError, ModelLoadError
 
 __all__ = ["TheseusConfig", "TrainLog", "module_map", "replacement_rate", "successor_init_layers", "load_encoder",
            "pooled_encoder", "save_encoder", "embed", "theseus_compress", "drop_layers", "distill", "finetune", "export_onnx", "encode_texts",
-           "METHODS"]
+           "METHODS", "distill_with_labels"]
 
-METHODS = ("theseus", "kd", "drop")
+METHODS = ("theseus", "kd", "kd+labels", "drop")
 INITS = ("first", "every")
 
 
