@@ -5,7 +5,7 @@
 Runs the CLI in a subprocess with an empty cache (`EDGESLIM_CACHE` pointed at a fresh temporary folder, so no
 candidate is replayed) and an output folder in a temporary directory, and records the wall time, the time at which
 each stage began (the CLI's own progress lines), the selection line, the load average before and after and the CPU
-flags. Stored as benchmarks/results/default_run.json unless `--no-write`. Ends with `RESULT seconds= selected=
+flags, and the console's candidate table. Stored as benchmarks/results/default_run.json unless `--no-write`. Ends with `RESULT seconds= selected=
 within_5_min=`.
 """
 
@@ -62,7 +62,7 @@ def main() -> None:
     selected = next((ln for ln in p.stdout.splitlines() if ln.startswith("selected:")), "")
     rec = {"command": "edgeslim optimize", "seconds": round(seconds, 1), "phases_s": phases, "stages": stages,
            "selected_line": selected, "selection": next((ln for ln in p.stdout.splitlines() if ln.startswith("selection:")), ""),
-           "loadavg_before": load0, "loadavg_after": load1, "machine": machine_info(2),
+           "console": p.stdout.splitlines(), "loadavg_before": load0, "loadavg_after": load1, "machine": machine_info(2),
            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     print(json.dumps({k: rec[k] for k in ("seconds", "phases_s", "selected_line", "loadavg_before", "loadavg_after")}, indent=1))
     if not args.no_write:

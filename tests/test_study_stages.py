@@ -204,3 +204,9 @@ def test_a_candidate_collapsed_on_the_probe_is_not_run_further(raw, tmp_path, mo
     assert fp32.status == Status.OK and "evaluated_samples" not in fp32.info
     assert w8.status == Status.REJECTED and w8.info["evaluated_samples"] == k
     assert w8.reason.startswith("collapsed") and f"first {k} of {n_eval}" in w8.reason
+    # a collapsed candidate is not timed either: the screen runs the original and the sound candidate only
+    base_c = base.candidate
+    m = Measurements.start(prep, [base_c] + cands)
+    screen(prep, [base_c] + cands, m)
+    assert [r.id for r in m.phases["screen"]] == [base_c.id, fp32.id]
+    assert fp32.speedup is not None and w8.speedup is None and "collapsed" in w8.info["not_timed"]

@@ -679,10 +679,19 @@ class Measurements:
                                                "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
+def _collapsed(c: Candidate) -> bool:
+    return c.status == Status.REJECTED and (c.reason or "").startswith("collapsed")
+
+
 def screen(prep: Prepared, cands: list[Candidate], m: Measurements) -> None:
-    """Every candidate that built, each in its own process, in rotating order, the baseline first."""
+    """Every candidate that built, each in its own process, in rotating order, the baseline first; except a collapsed
+    one: its outputs are not the model's any more, so its speed would say nothing (and it is never selectable)."""
     by_id = {c.id: c for c in cands}
-    for r in m.run(prep, "screen", [c for c in cands if c.status != Status.FAILED], prep.config.rounds, prep.config.cpu):
+    for c in cands:
+        if _collapsed(c):
+            c.info["not_timed"] = "collapsed: its outputs are not the model's, so its speed says nothing"
+    timed = [c for c in cands if c.status != Status.FAILED and not _collapsed(c)]
+    for r in m.run(prep, "screen", timed, prep.config.rounds, prep.config.cpu):
         _apply_bench(by_id[r.id], r)
 
 
