@@ -293,6 +293,12 @@ def result_line(run: dict) -> str:
     ok_peers = [rows[n] for n in PEER_KEYS if n in rows and rows[n].get("ok")]
     best = max((sp(f) for f in ok_peers), default=float("nan"))
     parts.append(f"vs_best_peer={sp(sel) / best:.3f}")
+    # the peers a user could ship under the CER budget the selection keeps (the task's default budget)
+    from edgeslim.tasks.ocr_rec import OcrRecTask
+
+    fair = [f for f in ok_peers if f["eval"] - base["eval"] <= OcrRecTask.default_budget]
+    best_fair = max((sp(f) for f in fair), default=float("nan"))
+    parts.append(f"vs_best_peer_in_budget={sp(sel) / best_fair:.3f}")
     return "RESULT " + " ".join(parts)
 
 
