@@ -158,12 +158,25 @@ def test_tiny_int8_search_keeps_most_sensitive_layer_in_float(tmp_path):
     meta = read_meta(art, "openvino")
     assert calls[0] == 0 and meta["search"][0]["kept_layers"] == 0 and meta["search"][0]["calib_drop"] == 1.0
     assert meta["float_layers"] == [meta["sensitivity"][0]["layer"]]  # the fewest: one, the most hurt
-    sqnr = [s["input_sqnr_db"] for s in meta["sensitivity"]]
-    assert sqnr == sorted(sqnr) and len(sqnr) >= 2
-    # the float layers compute in bf16 where the CPU has it natively (faster, measured), else fp32
-    remainder = "bf16" if ovmod.native_bf16() else "f32"
-    assert meta["properties"]["INFERENCE_PRECISION_HINT"] == remainder
-    assert meta["note"].startswith("int8") and {"bf16": "bf16", "f32": "fp32"}[remainder] in meta["note"]
+    # that layer is what it was before NNCF: its int8 input gone, its float weights and bias back
+    assert meta["kept_restored"]["rewired"] >= 1 and meta["kept_restored"]["weights"] == 1
+    kept_type = next(layer.get("type") for layer in ET.parse(art).getroot().iter("layer")
+                     if layer.get("name") == meta["float_layers"][0])
+    assert meta["kept_restored"]["biases"] == (1 if kept_type == "Convolution" else 0)  # a MatMul here has no bias Add
+    # a score that passes once a convolution is back in float: its bias, shifted by NNCF's bias correction, is restored too
+    def ir_types(path) -> dict[str, str]:
+        return {layer.get("name"): layer.get("type") for layer in ET.parse(path).getroot().iter("layer")}
+
+    def needs_conv(path):
+        kept = read_meta(Path(path), "openvino")["float_layers"]
+        return (0.0 if any(ir_types(path).get(n) == "Convolution" for n in kept) else 1.0), {"metric_vs_fp32": 0.0}
+
+    art2 = e.convert(m, tmp_path / "q2.xml", precision="int8", calib_feeds=feeds, score=needs_conv, budget=0.01)
+    meta2 = read_meta(art2, "openvino")
+    kept_types = [ir_types(art2)[n] for n in meta2["float_layers"]]
+    assert "Convolution" in kept_types
+    assert meta2["kept_restored"]["weights"] == sum(t in ("Convolution", "MatMul") for t in kept_types)
+    assert meta2["kept_restored"]["biases"] == kept_types.count("Convolution")
     # the layer really is float in the IR: no FakeQuantize feeds it, while the others keep theirs
     root = ET.parse(art).getroot()
     names = {layer.get("id"): (layer.get("name"), layer.get("type")) for layer in root.iter("layer")}

@@ -4,8 +4,8 @@ Precisions: `fp32` (fp32 weights, inference precision f32: on CPUs with native b
 bf16 by itself); `bf16` (inference precision bf16, weights stored in fp16: half the file), offered only where the CPU
 plugin reports native bf16; `int8` (NNCF post-training quantization on edgeslim's calibration feeds; when a search
 score is given and full int8 costs more than half the budget, the layers whose int8 inputs lose most (SQNR on the
-calibration feeds) compute in float (their int8 activations are removed from the built IR, their int8 weights stay),
-the fewest that fit, as ncnn's int8-mixed does);
+calibration feeds) compute in float (their int8 activations are removed from the built IR and their float weights
+and biases restored), the fewest that fit, as ncnn's int8-mixed does);
 the layers left in float (and every layer NNCF does not quantize) run in bf16 where bf16 is native, else fp32;
 `w8` (NNCF int8 weight-only compression, activations stay float); `bf16-w8` (the same int8 weights, bf16 inference
 precision, where bf16 is native: measured on the PP-OCRv4 detector and recognizer, as fast as bf16 within the noise
@@ -201,34 +201,79 @@ def _sensitivity(model, feeds: list[dict], limit: int = 16) -> list[dict]:
     return [{"layer": k, "input_sqnr_db": round(v, 2)} for k, v in sorted(layers.items(), key=lambda kv: kv[1])]
 
 
-def keep_float(xml_in: Path, xml_out: Path, layers: list[str]) -> int:
-    """Copy the NNCF int8 IR `xml_in` to `xml_out` with the int8 activations of `layers` removed: every input of those
-    layers that a FakeQuantize feeds reads that FakeQuantize's own input instead (other consumers keep theirs), so the
-    layers compute in float; their weights stay the int8 ones NNCF wrote, dequantized by the plugin. Returns the
-    inputs rewired.
+def _int8_weights(node, ov) -> bool:
+    """Whether `node` is NNCF's decompression of int8 weights: Multiply(Convert(Constant i8|u8) [- zero point], scale)."""
+    if node.get_type_name() != "Multiply":
+        return False
+    for v in node.input_values():
+        n = v.get_node()
+        if n.get_type_name() == "Subtract":
+            n = n.input_value(0).get_node()
+        if (n.get_type_name() == "Convert" and n.input_value(0).get_node().get_type_name() == "Constant"
+                and n.input_value(0).get_element_type() in (ov.Type.i8, ov.Type.u8)):
+            return True
+    return False
+
+
+def keep_float(xml_in: Path, xml_out: Path, layers: list[str], float_xml: Path | None = None) -> dict:
+    """Copy the NNCF int8 IR `xml_in` to `xml_out` with `layers` computing in float: every input of those layers that a
+    FakeQuantize feeds reads that FakeQuantize's own input instead (other consumers keep theirs); with `float_xml` (the
+    same model before quantization) their int8 weights are replaced by the original float weights and the bias that
+    NNCF's bias correction adjusted for the int8 layer is restored, so a kept layer is what it was before NNCF.
+    Returns the counts of inputs rewired, weights and biases restored.
 
     Written here rather than re-running `nncf.quantize` with an ignored scope for every search trial: that repeats the
     statistics collection and bias correction (about 8 s a trial on the PP-OCRv4 recognizer, 96 s for its search),
     while this edits the IR already built (well under a second) and the model scored is the model delivered."""
     ov = _import_ov()
-    model = ov.Core().read_model(str(xml_in))
+    core = ov.Core()
+    model = core.read_model(str(xml_in))
+    ref = {op.get_friendly_name(): op for op in core.read_model(str(float_xml)).get_ordered_ops()} if float_xml else {}
+
+    def float_const(name: str, idx: int):
+        f = ref.get(name)
+        if f is None or idx >= f.get_input_size():
+            return None
+        src = f.input_value(idx).get_node()
+        if src.get_type_name() == "Convert" and src.input_value(0).get_node().get_type_name() == "Constant":
+            src = src.input_value(0).get_node()  # fp16-stored weights: the plugin widens them alike
+        if src.get_type_name() != "Constant":
+            return None
+        return ov.op.Constant(np.asarray(src.get_data(), np.float32))
+
     names = set(layers)
-    rewired = 0
+    counts = {"rewired": 0, "weights": 0, "biases": 0}
     for op in model.get_ordered_ops():
         if op.get_friendly_name() not in names:
             continue
-        for inp in op.inputs():
+        for idx, inp in enumerate(op.inputs()):
             src = inp.get_source_output().get_node()
             if src.get_type_name() == "FakeQuantize" and src.input_value(0).get_node().get_type_name() != "Constant":
                 inp.replace_source_output(src.input_value(0))
-                rewired += 1
+                counts["rewired"] += 1
+            elif ref and _int8_weights(src, ov):
+                c = float_const(op.get_friendly_name(), idx)
+                if c is not None and tuple(c.get_output_shape(0)) == tuple(inp.get_shape()):
+                    inp.replace_source_output(c.output(0))
+                    counts["weights"] += 1
+        if ref:  # the bias Add right after the layer: NNCF's fast bias correction shifted it for the int8 version
+            for t in op.output(0).get_target_inputs():
+                add = t.get_node()
+                if add.get_type_name() != "Add":
+                    continue
+                for idx, inp in enumerate(add.inputs()):
+                    if inp.get_source_output().get_node().get_type_name() == "Constant":
+                        c = float_const(add.get_friendly_name(), idx)
+                        if c is not None and tuple(c.get_output_shape(0)) == tuple(inp.get_shape()):
+                            inp.replace_source_output(c.output(0))
+                            counts["biases"] += 1
     model.validate_nodes_and_infer_types()
     ov.save_model(model, str(xml_out), compress_to_fp16=False)
-    return rewired
+    return counts
 
 
 def build_ir(onnx_path: str, out_xml: str, precision: str, feeds_file: str | None = None, ignored: list[str] | None = None,
-             rank: bool = False) -> dict:
+             rank: bool = False, float_xml: str | None = None) -> dict:
     """Run in a child process: ONNX -> IR at `precision` (NNCF for int8/w8). Returns facts for the sidecar."""
     import logging
 
@@ -249,6 +294,8 @@ def build_ir(onnx_path: str, out_xml: str, precision: str, feeds_file: str | Non
                 info["w8"] = {"method": "nncf.compress_weights", "mode": "INT8_ASYM"}
             else:
                 feeds = _read_feeds(feeds_file)
+                if float_xml:  # the model as NNCF receives it: the float side of the search's trials
+                    ov.save_model(model, float_xml, compress_to_fp16=False)
                 scope = nncf.IgnoredScope(names=list(ignored or []), validate=False)
                 model = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), ignored_scope=scope)
                 info["calibration"] = {"samples": len(feeds), "method": "nncf.quantize (PTQ, preset performance)"}
@@ -320,11 +367,12 @@ class OpenVinoEngine(Engine):
         return sidecar_files(path, self.name, {"xml": path.name, "bin": path.with_suffix(".bin").name})
 
     def _build(self, src: Path, out: Path, precision: str, work: Path, feeds_file: Path | None = None,
-               ignored: list[str] | None = None, rank: bool = False) -> dict:
+               ignored: list[str] | None = None, rank: bool = False, float_xml: Path | None = None) -> dict:
         timeout = QUANT_TIMEOUT if precision == "int8" or precision in WEIGHT_ONLY else CONVERT_TIMEOUT
         info = call_function("edgeslim.engines.openvino:build_ir", {
             "onnx_path": str(src), "out_xml": str(out), "precision": precision,
-            "feeds_file": str(feeds_file) if feeds_file else None, "ignored": ignored or [], "rank": rank},
+            "feeds_file": str(feeds_file) if feeds_file else None, "ignored": ignored or [], "rank": rank,
+            "float_xml": str(float_xml) if float_xml else None},
             timeout, work, f"openvino {precision} conversion")
         if not out.exists() or not out.with_suffix(".bin").exists():
             raise ConversionError(f"openvino {precision} conversion wrote no IR for {src.name}. Convert the model again.")
@@ -362,11 +410,14 @@ class OpenVinoEngine(Engine):
                 feeds_file = d / "calib.npz"
                 _save_feeds(feeds, feeds_file)
             built = d / "full.xml"
-            info = self._build(src, built, precision, d, feeds_file, rank=precision == "int8" and score is not None)
+            searching = precision == "int8" and score is not None
+            float_xml = d / "float.xml" if searching else None
+            info = self._build(src, built, precision, d, feeds_file, rank=searching, float_xml=float_xml)
             if precision == "int8":
                 sens = info.pop("sensitivity", [])
                 order = [s["layer"] for s in sens]
                 kept: list[str] = []
+                restored: dict[int, dict] = {}
                 if score is not None and order:
                     from .ncnn import fewest_kept
 
@@ -376,7 +427,7 @@ class OpenVinoEngine(Engine):
                             shutil.copy(built, tx)
                             shutil.copy(built.with_suffix(".bin"), tx.with_suffix(".bin"))
                         else:
-                            keep_float(built, tx, order[:k])
+                            restored[k] = keep_float(built, tx, order[:k], float_xml)
                         write_meta(tx, {**meta, "float_layers": order[:k]})
                         return score(tx)
 
@@ -389,12 +440,14 @@ class OpenVinoEngine(Engine):
                         info = self._build(src, built, precision, d, feeds_file, ignored=kept)
                     info["search"] = trials
                     info["sensitivity"] = sens
+                    if k in restored:
+                        info["kept_restored"] = restored[k]
                 info["float_layers"] = kept
                 info["int8_layers"] = len(order) - len(kept) if order else info.get("fake_quantize", 0)
                 if kept:
                     fl = "bf16" if meta["properties"]["INFERENCE_PRECISION_HINT"] == "bf16" else "fp32"
                     meta["note"] = (f"int8 (NNCF) with {len(kept)} of {len(order)} quantized layers computing in {fl} "
-                                    "(their int8 activations removed, weights int8; search on the task metric)")
+                                    "(their float weights restored; search on the task metric)")
             shutil.move(str(built.with_suffix(".bin")), str(out.with_suffix(".bin")))
             shutil.move(str(built), str(out))
         write_meta(out, {**meta, **info})
