@@ -163,6 +163,17 @@ def test_tiny_int8_search_keeps_most_sensitive_layer_in_float(tmp_path):
     kept_type = next(layer.get("type") for layer in ET.parse(art).getroot().iter("layer")
                      if layer.get("name") == meta["float_layers"][0])
     assert meta["kept_restored"]["biases"] == (1 if kept_type == "Convolution" else 0)  # a MatMul here has no bias Add
+    # its float weights are stored in fp16 exactly where the float remainder computes in bf16 (fp16_weights)
+    fp16 = ovmod.fp16_weights("int8")
+    assert fp16 == (meta["properties"]["INFERENCE_PRECISION_HINT"] == "bf16") and meta["weights"].endswith("fp16)") == fp16
+    root = ET.parse(art).getroot()
+    by_id = {layer.get("id"): layer for layer in root.iter("layer")}
+    feeding = {(e.get("to-layer"), e.get("to-port")): by_id[e.get("from-layer")] for e in root.iter("edge")}
+    kept_id = next(i for i, layer in by_id.items() if layer.get("name") == meta["float_layers"][0])
+    w = feeding[(kept_id, "1")]  # port 1: the weights
+    if w.get("type") == "Convert":
+        w = feeding[(w.get("id"), "0")]
+    assert w.get("type") == "Const" and w.find("data").get("element_type") == ("f16" if fp16 else "f32")
     # a score that passes once a convolution is back in float: its bias, shifted by NNCF's bias correction, is restored too
     def ir_types(path) -> dict[str, str]:
         return {layer.get("name"): layer.get("type") for layer in ET.parse(path).getroot().iter("layer")}

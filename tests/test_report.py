@@ -107,3 +107,24 @@ def test_lost_reasons_name_margin_fidelity_and_size():
     lost = how["lost"]
     assert "lower fidelity" in lost["ort/b"] and "larger" in lost["ort/c"]
     assert "beats it by" in lost["ort/d"] and "slower than the original" in lost["ort/e"]
+
+
+def test_a_fidelity_gap_within_sampling_noise_is_a_tie_that_size_breaks():
+    # the PP-OCRv4 case: OpenVINO int8 (140 of 150 lines as the original's) ties bf16 (143) on speed and is smaller
+    base = _c("ort/original", 1.0, 1.0, 10_860_000)
+    bf16 = _c("openvino/bf16", 2.89, 143 / 150, 5_720_000)
+    int8 = _c("openvino/int8", 2.87, 140 / 150, 4_700_000)
+    for c in (base, bf16, int8):
+        c.fidelity["samples"] = 150
+    pick, how = select([base, bf16, int8], base)
+    assert pick is int8 and "within sampling noise" in how["lost"]["openvino/bf16"]
+    # the same shares over 15 times as many samples: the gap is real, fidelity decides
+    for c in (base, bf16, int8):
+        c.fidelity["samples"] = 2250
+    pick, how = select([base, bf16, int8], base)
+    assert pick is bf16 and "lower fidelity" in how["lost"]["openvino/int8"]
+    # a gap well beyond the noise of 150 samples (0.90 vs 1.00) decides as well
+    bf16.fidelity.update(exact_match=1.0, samples=150)
+    int8.fidelity.update(exact_match=0.90, samples=150)
+    pick, _ = select([base, bf16, int8], base)
+    assert pick is bf16

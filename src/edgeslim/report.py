@@ -202,7 +202,7 @@ def _selection_md(result, d: dict) -> list[str]:
     if sel.get("why"):
         out.append(f"- {sel['why']}")
     if sel.get("rule"):
-        out.append(f"- rule: {sel['rule']}; ties go to fidelity, then size; never a candidate slower than the baseline")
+        out.append(f"- rule: {sel['rule']}; ties go to fidelity (a gap beyond sampling noise), then size; never a candidate slower than the baseline")
     for cid, why in (sel.get("lost") or {}).items():
         out.append(f"- `{cid}` lost: {why}")
     chosen = next((c for c in result.candidates if c.id == result.selected), None)

@@ -485,7 +485,7 @@ def evaluate_baseline(prep: Prepared) -> Baseline:
                                         "Check --task and --data match the model.") from None
         scored = prep.task.score(preds, prep.eval)
         base.metric, base.metric_extra = scored.pop("metric"), scored
-        base.fidelity = prep.task.fidelity(preds, preds)
+        base.fidelity = {**prep.task.fidelity(preds, preds), "samples": len(prep.eval)}
         base.seconds["evaluate"] = round(time.time() - t0, 2)
         _store(prep, base, key, preds)
     problem = prep.task.baseline_problem(base.metric, len(prep.eval))
@@ -611,7 +611,7 @@ def evaluate_candidates(prep: Prepared, base: Baseline, cands: list[Candidate]) 
             samples, ref = prep.eval[:n], base.preds[:n]
             scored = prep.task.score(preds, samples, reference=ref)
             c.metric, c.metric_extra = scored.pop("metric"), scored
-            c.fidelity = prep.task.fidelity(preds, ref)
+            c.fidelity = {**prep.task.fidelity(preds, ref), "samples": n}  # n: what a fidelity gap is judged on
             base_metric = base.candidate.metric
             if n < len(prep.eval):  # judged against the original on the same samples
                 base_metric = prep.task.score(ref, samples, reference=ref)["metric"]

@@ -90,6 +90,16 @@ def runtime_properties(precision: str) -> dict:
     return {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, **extra}
 
 
+def fp16_weights(precision: str) -> bool:
+    """Whether the IR stores its float constants in fp16. int8 does where its float remainder computes in bf16: those
+    weights are rounded to bf16 when the plugin compiles them, so fp16 storage (wider mantissa) loses nothing they keep
+    and halves the layers kept in float (fp32 storage made the searched int8 recognizer larger than its bf16 IR).
+    `ov.save_model(compress_to_fp16=True)` leaves every constant of a model with FakeQuantize in fp32 (checked on
+    2026.4), so `keep_float` stores the restored weights as fp16 constants with a Convert itself."""
+    return OV_PRECISIONS[precision][1] or (precision == "int8" and
+                                           runtime_properties(precision)["INFERENCE_PRECISION_HINT"] == "bf16")
+
+
 class OpenVinoRunner:
     """Runs an IR on the CPU plugin. Dynamic dims stay dynamic (OCR widths, batch); a model the plugin cannot compile
     with dynamic shapes is compiled per input shape instead."""
@@ -215,12 +225,13 @@ def _int8_weights(node, ov) -> bool:
     return False
 
 
-def keep_float(xml_in: Path, xml_out: Path, layers: list[str], float_xml: Path | None = None) -> dict:
+def keep_float(xml_in: Path, xml_out: Path, layers: list[str], float_xml: Path | None = None,
+               compress_to_fp16: bool = False) -> dict:
     """Copy the NNCF int8 IR `xml_in` to `xml_out` with `layers` computing in float: every input of those layers that a
     FakeQuantize feeds reads that FakeQuantize's own input instead (other consumers keep theirs); with `float_xml` (the
     same model before quantization) their int8 weights are replaced by the original float weights and the bias that
     NNCF's bias correction adjusted for the int8 layer is restored, so a kept layer is what it was before NNCF.
-    Returns the counts of inputs rewired, weights and biases restored.
+    `compress_to_fp16` stores the float constants in fp16 (`fp16_weights`). Returns the counts of inputs rewired, weights and biases restored.
 
     Written here rather than re-running `nncf.quantize` with an ignored scope for every search trial: that repeats the
     statistics collection and bias correction (about 8 s a trial on the PP-OCRv4 recognizer, 96 s for its search),
@@ -239,7 +250,10 @@ def keep_float(xml_in: Path, xml_out: Path, layers: list[str], float_xml: Path |
             src = src.input_value(0).get_node()  # fp16-stored weights: the plugin widens them alike
         if src.get_type_name() != "Constant":
             return None
-        return ov.op.Constant(np.asarray(src.get_data(), np.float32))
+        data = np.asarray(src.get_data(), np.float32)
+        if compress_to_fp16 and data.size > 1 and np.abs(data).max() < 65504.0:  # fp16 storage, widened at compile
+            return ov.opset13.convert(ov.op.Constant(data.astype(np.float16)), ov.Type.f32)
+        return ov.op.Constant(data)
 
     names = set(layers)
     counts = {"rewired": 0, "weights": 0, "biases": 0}
@@ -268,7 +282,7 @@ def keep_float(xml_in: Path, xml_out: Path, layers: list[str], float_xml: Path |
                             inp.replace_source_output(c.output(0))
                             counts["biases"] += 1
     model.validate_nodes_and_infer_types()
-    ov.save_model(model, str(xml_out), compress_to_fp16=False)
+    ov.save_model(model, str(xml_out), compress_to_fp16=compress_to_fp16)
     return counts
 
 
@@ -394,8 +408,9 @@ class OpenVinoEngine(Engine):
         meta = {"engine": "openvino", "precision": precision, "inputs": inputs, "outputs": outputs,
                 "properties": runtime_properties(precision),
                 "policy_properties": {p.value: policy_properties(p) for p in ThreadPolicy},
-                "weights": ("int8" if precision == "int8" or precision in WEIGHT_ONLY else
-                            "fp16" if OV_PRECISIONS[precision][1] else "fp32")}
+                "weights": ("int8" + (" (float layers fp16)" if fp16_weights(precision) else "")
+                            if precision == "int8" else "int8" if precision in WEIGHT_ONLY else
+                            "fp16" if fp16_weights(precision) else "fp32")}
         if precision.startswith("bf16"):
             meta["note"] = BF16_NOTE
         with tempfile.TemporaryDirectory(prefix="edgeslim-openvino-") as d:
@@ -427,7 +442,7 @@ class OpenVinoEngine(Engine):
                             shutil.copy(built, tx)
                             shutil.copy(built.with_suffix(".bin"), tx.with_suffix(".bin"))
                         else:
-                            restored[k] = keep_float(built, tx, order[:k], float_xml)
+                            restored[k] = keep_float(built, tx, order[:k], float_xml, fp16_weights(precision))
                         write_meta(tx, {**meta, "float_layers": order[:k]})
                         return score(tx)
 
