@@ -91,6 +91,7 @@ def openvino_default(model_path: Path, out: Path) -> Path:
     o = onnx.load(str(model_path), load_external_data=False)
     write_meta(out, {"engine": "openvino", "precision": "default", "inputs": [i.name for i in o.graph.input],
                      "outputs": [x.name for x in o.graph.output], "properties": {"PERFORMANCE_HINT": "LATENCY"},
+                     "static_recompile": False,  # one dynamic-shape compilation, as the user's compile_model gives
                      "policy_properties": {p.value: policy_properties(p) for p in ThreadPolicy}})
     return out
 
@@ -100,6 +101,7 @@ def build_peers(work: Path, model_path: Path, original, task, calib, evals) -> t
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     from edgeslim.engines import get_engine
+    from edgeslim.engines.base import read_meta, write_meta
     from edgeslim.tasks.ocr_rec import cer, edit_distance
 
     up13 = onnx.version_converter.convert_version(original, 13)  # NNCF and ORT's per-channel quantizer need >= 13
@@ -176,7 +178,9 @@ def build_peers(work: Path, model_path: Path, original, task, calib, evals) -> t
         return "openvino", openvino_default(model_path, work / "ov_default.xml")
 
     def ov_nncf_int8():  # the engine's convert without a score: plain NNCF PTQ, default preset
-        return "openvino", get_engine("openvino").convert(original, work / "ov_int8.xml", precision="int8", calib_feeds=feeds)
+        art = get_engine("openvino").convert(original, work / "ov_int8.xml", precision="int8", calib_feeds=feeds)
+        write_meta(art, {**read_meta(art, "openvino"), "static_recompile": False})  # compiled as a user would: dynamic
+        return "openvino", art
 
     def litert(precision):
         def build():

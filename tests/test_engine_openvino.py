@@ -20,7 +20,7 @@ import edgeslim.engines.openvino as ovmod
 from edgeslim import deploy
 from edgeslim.bench import BenchSpec, bench_rounds
 from edgeslim.engines import get_engine, list_engines
-from edgeslim.engines.base import ConversionError, read_meta
+from edgeslim.engines.base import ConversionError, read_meta, write_meta
 from edgeslim.engines.parity import compare_outputs, convert_checked
 from edgeslim.errors import InvalidParameterError
 from edgeslim.tasks import get_task
@@ -138,6 +138,26 @@ def test_tiny_fp32_parity_two_widths_and_thread_properties(tmp_path):
 
     bare = deploy.load(art)  # an .xml with edgeslim's sidecar is recognised as openvino
     assert bare.engine == "openvino" and bare.spec["model_files"] == {"xml": "t.xml", "bin": "t.bin"}
+
+
+def test_a_recurring_shape_gets_its_own_compilation_bounded_and_equal(tmp_path):
+    m = tiny_model()
+    art = get_engine("openvino").convert(m, tmp_path / "t.xml", precision="fp32")
+    r = get_engine("openvino").load(art, 1, "shared")
+    widths = [16, 16, 24, 16, 24, 32, 40, 48, 56, 56, 64, 64, 72, 72]
+    feeds = {w: tiny_feeds(((1, w),), seed=w)[0] for w in widths}
+    for w in widths:
+        got, ref = r.run(feeds[w]), ort_run(m, feeds[w])
+        assert np.abs(got[0] - ref[0]).max() < 1e-4  # a fixed-shape compilation computes what the dynamic one does
+    shapes = [s[0][3] for s in r.static_shapes()]  # per input: (batch, channels, height, width)
+    # a width gets its own compilation the second time it comes, for the first STATIC_MAX widths that come back
+    assert shapes == [16, 24, 56, 64][:ovmod.STATIC_MAX]
+    # a sidecar that asks for the user's default (one dynamic compilation) gets none
+    write_meta(art, {**read_meta(art, "openvino"), "static_recompile": False})
+    r2 = get_engine("openvino").load(art, 1, "shared")
+    for w in widths:
+        r2.run(feeds[w])
+    assert r2.static_shapes() == []
 
 
 def test_tiny_int8_search_keeps_most_sensitive_layer_in_float(tmp_path):

@@ -29,12 +29,21 @@ def make_runner(ROOT, D):
         dynamic = compile_for(model)
     except RuntimeError:  # no dynamic-shape kernel for some layer here: compile per input shape instead
         dynamic = None
+    fixed = all(i.get_partial_shape().is_static for i in model.inputs)
+    seen = {}
 
     def run(feeds):
         xs = {n: np.ascontiguousarray(feeds[n], dtype=np.float32) for n in INPUTS}
-        entry = dynamic
+        key = tuple(xs[n].shape for n in INPUTS)
+        entry = compiled.get(key, dynamic)
+        if entry is dynamic and dynamic is not None and not fixed:
+            # a shape seen a second time gets a compilation fixed to it (faster kernels), at most 4 such shapes
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] >= 2 and len(compiled) < 4:
+                m = model.clone()
+                m.reshape({n: list(xs[n].shape) for n in INPUTS})
+                compiled[key] = entry = compile_for(m)
         if entry is None:
-            key = tuple(xs[n].shape for n in INPUTS)
             if key not in compiled:
                 m = model.clone()
                 m.reshape({n: list(xs[n].shape) for n in INPUTS})
