@@ -153,7 +153,10 @@ def test_rotating_order_conditions_and_no_worker_left(tiny):
     assert isinstance(tel["noisy"], bool) and tel["noisy"] == bool(tel["noise_reasons"])
     json.dumps(tel)  # cached and written as JSON by callers
     # the workers were child processes with the policy's environment, and none is left
-    assert len(seen.pids) == 3
+    # each candidate ran in two processes, one after the other, each for its share of the rounds
+    assert [g["rounds"] for g in tel["generations"]] == [[0, 2], [2, 3]]
+    first, second = (set(g["pids"].values()) for g in tel["generations"])
+    assert len(first) == len(second) == 3 and not first & second and seen.pids == first | second
     assert {e.get("OMP_WAIT_POLICY") for e in seen.env.values()} == {"PASSIVE"}
     assert not [pid for pid in seen.pids if _alive(pid)]
 

@@ -113,6 +113,10 @@ class Telemetry:
 LOAD_ALLOWANCE = 0.5
 # A candidate whose middle half of per-round ratios spans more than this fraction of its median is flagged too.
 RATIO_SPREAD = 0.15
+# Worker processes per candidate over a timing, one after another, each for an equal share of the rounds (bench_rounds).
+PROCESSES = 2
+
+
 @dataclass
 class _Worker:
     spec: BenchSpec
@@ -371,8 +375,15 @@ def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: 
                  policy: str | ThreadPolicy = ThreadPolicy.DEDICATED, progress: Callable[[int, int], None] | None = None,
                  target_round_s: float = 0.5, min_repeats: int = 3, max_repeats: int = 200,
                  start_timeout: float = 120.0, round_timeout: float = 600.0, pause_s: float = 0.25,
-                 ) -> tuple[list[BenchResult], dict]:
+                 processes: int = PROCESSES) -> tuple[list[BenchResult], dict]:
     """Time every spec in its own worker process, in rounds; specs[0] is the baseline of the ratios.
+
+    The rounds are split among `processes` generations of workers: after each share of the rounds every worker is
+    stopped and a fresh one loads the same model. A process keeps its state for life (where its memory landed, which
+    kernels its compilation picked), so two processes timing the same file can differ by more than either's range of
+    rounds (`benchmarks/process_spread.py` times one file in two processes to check); with one process per candidate
+    such a gap would hide inside a narrow range and decide a selection. `generations` in the returned conditions says
+    which rounds each generation ran and in which processes.
 
     Round r times the candidates in their order rotated by r, so none is always first (or always right after the
     baseline). A worker that fails to load, errors or hangs (killed after `start_timeout` / `round_timeout` s) fails
@@ -392,6 +403,7 @@ def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: 
     results = {s.id: BenchResult(s.id, ok=True, policy=policy.value) for s in specs}
     by_id: dict[str, _Worker] = {}
     orders: list[list[str]] = []
+    generations: list[dict] = []
     tel = Telemetry()
     loadavg_before, loadavg_after, other_cores = _loadavg(), None, None
     with tempfile.TemporaryDirectory(prefix="edgeslim-bench-") as d:
@@ -402,17 +414,31 @@ def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: 
             cfg = {"threads": int(threads), "policy": policy.value, "feeds": feeds_file}
             _start_all(specs, cfg, _worker_env(policy), d, results, start_timeout, by_id)
             reps = _repeat_counts(specs, by_id, results, target_round_s, min_repeats, max_repeats, start_timeout)
-            live = [s for s in specs if results[s.id].ok]
-            workers = list(by_id.values())
-            cpu0, t0 = _cpu_seconds(workers), time.monotonic()
-            with tel:
-                for r in range(rounds):
-                    orders.append(_one_round(r, live, by_id, results, reps, specs[0].id, pause_s, round_timeout))
-                    if progress:
-                        progress(r + 1, rounds)
-            cpu1, wall = _cpu_seconds(workers), time.monotonic() - t0
-            if cpu0 and cpu1 and wall > 0:
-                other_cores = round(max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / wall, 2)
+            n_gen = max(1, min(int(processes), rounds))
+            bounds = [round(rounds * g / n_gen) for g in range(n_gen + 1)]
+            other_s, wall_s = 0.0, 0.0
+            for g in range(n_gen):
+                if g:  # a fresh process per candidate for the next share of the rounds
+                    _stop_workers(list(by_id.values()), True)
+                    by_id.clear()
+                    _start_all([s for s in specs if results[s.id].ok], cfg, _worker_env(policy), d, results,
+                               start_timeout, by_id)
+                generations.append({"rounds": [bounds[g], bounds[g + 1]],
+                                    "pids": {k: w.proc.pid for k, w in by_id.items()}})
+                live = [s for s in specs if results[s.id].ok]
+                workers = list(by_id.values())
+                cpu0, t0 = _cpu_seconds(workers), time.monotonic()
+                with tel:
+                    for r in range(bounds[g], bounds[g + 1]):
+                        orders.append(_one_round(r, live, by_id, results, reps, specs[0].id, pause_s, round_timeout))
+                        if progress:
+                            progress(r + 1, rounds)
+                cpu1, wall = _cpu_seconds(workers), time.monotonic() - t0
+                if cpu0 and cpu1 and wall > 0:
+                    other_s += max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]))
+                    wall_s += wall
+            if wall_s > 0:
+                other_cores = round(other_s / wall_s, 2)
             loadavg_after = _loadavg()
             graceful = True
         finally:
@@ -421,7 +447,7 @@ def bench_rounds(specs: list[BenchSpec], feeds: dict[str, np.ndarray], threads: 
     reasons = noise_reasons(out, threads, (loadavg_before, loadavg_after), other_cores)
     telemetry = {**tel.summary(), "policy": policy.value, "threads": int(threads), "worker_env": policy.env(),
                  "loadavg_before": loadavg_before, "loadavg_after": loadavg_after, "other_load_cores": other_cores,
-                 "orders": orders, "noisy": bool(reasons), "noise_reasons": reasons}
+                 "orders": orders, "generations": generations, "noisy": bool(reasons), "noise_reasons": reasons}
     return out, telemetry
 
 
