@@ -103,10 +103,10 @@ def fp16_weights(precision: str) -> bool:
 
 # A model with dynamic dims runs on one dynamic-shape compilation; an input shape seen STATIC_AFTER times gets a
 # compilation of its own, fixed to that shape, for up to STATIC_MAX shapes in the runner's life (never evicted, so a
-# stream of new widths costs at most STATIC_MAX compiles). Fixed shapes let the CPU plugin choose its kernels ahead:
-# measured on the PP-OCRv4 recognizer, bf16, 2 threads, same process, interleaved: 3.50 -> 3.20 ms at 1x3x48x320
-# (1.09x), 25.8 -> 24.7 ms at 8x3x48x400; a compile costs about 0.23 s, so a shape that comes back pays for it.
-# The delivered predict.py (templates/openvino.py) does the same.
+# stream of new widths costs at most STATIC_MAX compiles, about 0.23 s each on the PP-OCRv4 recognizer). Fixed shapes
+# let the CPU plugin choose its kernels ahead: 1.21x the dynamic compilation on that recognizer, bf16, 1x3x48x320, in
+# both processes of benchmarks/process_spread.py; in some processes it gains nothing (BENCHMARKS, "Reading the main
+# job"). The delivered predict.py (templates/openvino.py) does the same.
 STATIC_AFTER, STATIC_MAX = 2, 4
 
 
@@ -125,8 +125,10 @@ class OpenVinoRunner:
         self._model = self._core.read_model(str(artifact))
         self._by_shape: dict[tuple, tuple] = {}
         self._seen: dict[tuple, int] = {}
-        # a sidecar may turn this off: benchmarks time OpenVINO as a user runs it by default, one dynamic compilation
-        self._static_max = STATIC_MAX if meta.get("static_recompile", True) else 0
+        # a sidecar may turn this off (benchmarks time OpenVINO as a user runs it by default: one dynamic compilation);
+        # a model whose inputs are all fixed has nothing to gain
+        fixed = all(i.get_partial_shape().is_static for i in self._model.inputs)
+        self._static_max = STATIC_MAX if meta.get("static_recompile", True) and not fixed else 0
         self._dynamic = None
         try:
             self._dynamic = self._compile(self._model)
@@ -148,9 +150,10 @@ class OpenVinoRunner:
         if self._dynamic is not None:
             if key in self._by_shape:
                 return self._by_shape[key]
+            if len(self._by_shape) >= self._static_max:  # the hot path once the shapes are compiled: no counting
+                return self._dynamic
             self._seen[key] = seen = self._seen.get(key, 0) + 1
-            if (seen < STATIC_AFTER or len(self._by_shape) >= self._static_max
-                    or all(i.get_partial_shape().is_static for i in self._model.inputs)):
+            if seen < STATIC_AFTER:
                 return self._dynamic
             m = self._model.clone()
             m.reshape({n: list(s) for n, s in zip(self.input_names, key)})
@@ -435,9 +438,10 @@ class OpenVinoEngine(Engine):
         meta = {"engine": "openvino", "precision": precision, "inputs": inputs, "outputs": outputs,
                 "properties": runtime_properties(precision),
                 "policy_properties": {p.value: policy_properties(p) for p in ThreadPolicy},
-                "weights": ("int8" + (" (float layers fp16)" if fp16_weights(precision) else "")
-                            if precision == "int8" else "int8" if precision in WEIGHT_ONLY else
+                "weights": ("int8" if precision == "int8" or precision in WEIGHT_ONLY else
                             "fp16" if fp16_weights(precision) else "fp32")}
+        if precision == "int8" and fp16_weights(precision):
+            meta["weights"] += " (float layers fp16)"
         if precision.startswith("bf16"):
             meta["note"] = BF16_NOTE
         with tempfile.TemporaryDirectory(prefix="edgeslim-openvino-") as d:

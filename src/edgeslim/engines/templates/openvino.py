@@ -36,10 +36,10 @@ def make_runner(ROOT, D):
         xs = {n: np.ascontiguousarray(feeds[n], dtype=np.float32) for n in INPUTS}
         key = tuple(xs[n].shape for n in INPUTS)
         entry = compiled.get(key, dynamic)
-        if entry is dynamic and dynamic is not None and not fixed:
+        if entry is dynamic and dynamic is not None and not fixed and len(compiled) < 4:
             # a shape seen a second time gets a compilation fixed to it (faster kernels), at most 4 such shapes
             seen[key] = seen.get(key, 0) + 1
-            if seen[key] >= 2 and len(compiled) < 4:
+            if seen[key] >= 2:
                 m = model.clone()
                 m.reshape({n: list(xs[n].shape) for n in INPUTS})
                 compiled[key] = entry = compile_for(m)
